@@ -1,0 +1,78 @@
+"""Postage: message-driven components over RabbitMQ.
+
+Three ways to use one asyncio core and one wire format:
+
+* the classic API of the original Postage (``postage.messaging``, ``postage.microthreads``,
+  ``postage.generic_application``);
+* the communicator (``postage.connect(url)``; ``postage.aio.connect`` for asyncio);
+* the async client (``postage.AsyncClient``) for raw bodies on any exchange.
+"""
+
+from ._core import RetryPolicy
+from ._encoding import Encoder, JsonEncoder
+from ._exceptions import (
+    AccessRefused,
+    AuthenticationError,
+    ChannelError,
+    ConfigurationError,
+    ConnectionClosed,
+    ConnectionError,
+    DecodingError,
+    DeliveryTimeout,
+    EncodingError,
+    MessageTooLarge,
+    NotFound,
+    PostageError,
+    PreconditionFailed,
+    PublishError,
+    PublishNacked,
+    Reject,
+    RemoteError,
+    RpcBacklogFull,
+    RpcTimeout,
+    Unroutable,
+    UnsupportedContentType,
+    UnsupportedVersion,
+    VhostNotFound,
+    WrongThreadError,
+)
+from ._fingerprint import Fingerprint
+from ._properties import Properties
+from ._settings import ConnectionSettings, TlsOptions
+
+__version__ = "2.0.0.dev0"
+
+__all__ = [
+    "AccessRefused",
+    "AuthenticationError",
+    "ChannelError",
+    "ConfigurationError",
+    "ConnectionClosed",
+    "ConnectionError",
+    "ConnectionSettings",
+    "DecodingError",
+    "DeliveryTimeout",
+    "Encoder",
+    "EncodingError",
+    "Fingerprint",
+    "JsonEncoder",
+    "MessageTooLarge",
+    "NotFound",
+    "PostageError",
+    "PreconditionFailed",
+    "Properties",
+    "PublishError",
+    "PublishNacked",
+    "Reject",
+    "RemoteError",
+    "RetryPolicy",
+    "RpcBacklogFull",
+    "RpcTimeout",
+    "TlsOptions",
+    "Unroutable",
+    "UnsupportedContentType",
+    "UnsupportedVersion",
+    "VhostNotFound",
+    "WrongThreadError",
+    "__version__",
+]

@@ -1,0 +1,449 @@
+"""The core every API is built on: envelopes on the wire, RPC, handler policy, dead letters.
+
+It sits on the transport and knows nothing of the three public APIs. What it adds:
+
+* ``publish``/``publish_envelope``: confirmed, mandatory publishing of raw bodies or
+  Postage envelopes (encoded once, with the content type of the encoder);
+* ``call``: request/reply over direct reply-to with correlation ids, a deadline per call
+  and a bound on pending calls;
+* ``subscribe``: a consumer whose handler's outcome decides the message's fate — acked
+  after the handler, retried a bounded number of times (counted in a header by Postage
+  itself), then moved to ``<queue>.dlq`` with the reason and error in headers;
+  ``Reject`` and undecodable bodies go there at once;
+* ``run_sync``: blocking user code runs in worker threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Core", "RetryPolicy", "Subscription"]
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from ._encoding import Encoder, default_encoder
+from ._envelope import DEFAULT_MAX_SIZE, decode_envelope
+from ._exceptions import (
+    ConfigurationError,
+    ConnectionError,
+    DecodingError,
+    PostageError,
+    Reject,
+    RpcBacklogFull,
+    RpcTimeout,
+)
+from ._properties import PERSISTENT, Binding, ExchangeSpec, Properties, QueueSpec
+from ._settings import ConnectionSettings
+from ._transport import DIRECT_REPLY_TO, Consumer, Delivery, Transport
+
+log = logging.getLogger("postage.core")
+T = TypeVar("T")
+
+HEADER_ATTEMPTS = "x-postage-attempts"
+HEADER_REASON = "x-postage-reason"
+HEADER_ERROR = "x-postage-error"
+HEADER_QUEUE = "x-postage-queue"
+HEADER_EXCHANGE = "x-postage-exchange"
+HEADER_ROUTING_KEY = "x-postage-routing-key"
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """What happens to a message whose handler raises.
+
+    It is delivered at most ``max_attempts`` times in all (the count travels in the
+    ``x-postage-attempts`` header, so it survives restarts and reaches other consumers),
+    then moved to ``<queue>.dlq``.
+    """
+
+    max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigurationError("max_attempts must be at least 1")
+
+
+class _PendingCall:
+    __slots__ = ("future", "sent", "timer")
+
+    def __init__(self, future: asyncio.Future[Delivery]) -> None:
+        self.future = future
+        self.timer: asyncio.TimerHandle | None = None
+        self.sent = False
+
+
+class Subscription:
+    """A queue consumed with the core's ack/retry/dead-letter policy."""
+
+    def __init__(self, core: Core, queue: str, handler: Handler, policy: RetryPolicy) -> None:
+        self.core = core
+        self.queue = queue
+        self.handler = handler
+        self.policy = policy
+        self.consumer: Consumer | None = None
+
+    async def _on_delivery(self, delivery: Delivery) -> None:
+        try:
+            await self.handler(delivery)
+        except Reject as exc:
+            await self.core.dead_letter(delivery, self.queue, "rejected", str(exc))
+        except DecodingError as exc:
+            await self.core.dead_letter(delivery, self.queue, "undecodable", str(exc))
+        except asyncio.CancelledError:
+            await delivery.nack(requeue=True)
+            raise
+        except Exception as exc:
+            await self._failed(delivery, exc)
+        else:
+            if not delivery.settled:
+                await delivery.ack()
+
+    async def _failed(self, delivery: Delivery, exc: BaseException) -> None:
+        try:
+            attempts = int(delivery.headers.get(HEADER_ATTEMPTS, 0)) + 1
+        except (TypeError, ValueError):
+            attempts = 1
+        error = f"{type(exc).__name__}: {exc}"
+        if attempts >= self.policy.max_attempts:
+            log.error("handler for queue %r failed %d times (%s); dead-lettering",
+                      self.queue, attempts, error, exc_info=exc)
+            await self.core.dead_letter(delivery, self.queue, "handler-failed", error, attempts)
+            return
+        log.warning("handler for queue %r failed (attempt %d of %d): %s; retrying",
+                    self.queue, attempts, self.policy.max_attempts, error)
+        props = delivery.properties
+        headers = dict(props.headers or {})
+        headers[HEADER_ATTEMPTS] = attempts
+        headers[HEADER_ERROR] = error[:1000]
+        try:
+            await self.core.transport.publish(
+                "", self.queue, delivery.body, replace(props, headers=headers), mandatory=True
+            )
+        except PostageError as perr:
+            log.error("cannot requeue a failed message on %r (%s); the broker redelivers it",
+                      self.queue, perr)
+            await delivery.nack(requeue=True)
+            return
+        await delivery.ack()
+
+    async def cancel(self, timeout: float = 10.0) -> None:
+        """Stop consuming; wait for handlers in progress (up to ``timeout``)."""
+        if self.consumer is not None:
+            await self.consumer.cancel(timeout)
+        self.core._subscriptions.discard(self)
+
+
+class Core:
+    """One broker connection shared by the API objects of a program."""
+
+    def __init__(
+        self,
+        settings: ConnectionSettings | None = None,
+        *,
+        encoder: Encoder = default_encoder,
+        max_message_size: int = DEFAULT_MAX_SIZE,
+        max_pending_calls: int = 100_000,
+        rpc_timeout: float = 30.0,
+        accept_content_types: frozenset[str] = frozenset(),
+        max_workers: int | None = None,
+    ) -> None:
+        self.settings = settings or ConnectionSettings.from_url(None)
+        self.transport = Transport(self.settings)
+        self.encoder = encoder
+        self.max_message_size = max_message_size
+        self.max_pending_calls = max_pending_calls
+        self.rpc_timeout = rpc_timeout
+        self.accept_content_types = accept_content_types
+        self._executor = ThreadPoolExecutor(
+            max_workers=max_workers or min(64, (os.cpu_count() or 1) * 8),
+            thread_name_prefix="postage-handler",
+        )
+        self._pending: dict[str, _PendingCall] = {}
+        self._cid_prefix = os.urandom(6).hex()
+        self._cid_counter = itertools.count(1)
+        self._replies_started = False
+        self._reply_lock = asyncio.Lock()
+        self._dlqs: set[str] = set()
+        self._subscriptions: set[Subscription] = set()
+        self._closed = False
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.transport.open()
+        self.transport.add_reconnect_callback(self._on_reconnect)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop consuming, let handlers finish, wait for confirms, disconnect."""
+        if self._closed:
+            return
+        self._closed = True
+        for sub in list(self._subscriptions):
+            await sub.cancel(timeout)
+        for call in list(self._pending.values()):
+            if not call.future.done():
+                call.future.set_exception(ConnectionError("the connection was closed"))
+        self._pending.clear()
+        await self.transport.close(timeout)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _on_reconnect(self) -> None:
+        # Replies to requests sent on the old channel cannot arrive any more.
+        lost = [cid for cid, call in self._pending.items() if call.sent]
+        for cid in lost:
+            call = self._pending.pop(cid)
+            if call.timer is not None:
+                call.timer.cancel()
+            if not call.future.done():
+                call.future.set_exception(ConnectionError(
+                    "the connection was lost while waiting for the reply; "
+                    "the request may or may not have been handled"
+                ))
+
+    # -- topology ---------------------------------------------------------------------
+
+    async def declare_exchange(
+        self, name: str, type: str = "direct", *, durable: bool = False,
+        auto_delete: bool = False, passive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        if passive:
+            await self.transport.check_exchange(name)
+        else:
+            await self.transport.declare_exchange(ExchangeSpec.make(
+                name, type, durable=durable, auto_delete=auto_delete, arguments=arguments))
+
+    async def declare_queue(
+        self, name: str, *, durable: bool = False, exclusive: bool = False,
+        auto_delete: bool = False, arguments: Mapping[str, Any] | None = None,
+    ) -> tuple[int, int]:
+        return await self.transport.declare_queue(QueueSpec.make(
+            name, durable=durable, exclusive=exclusive, auto_delete=auto_delete,
+            arguments=arguments))
+
+    async def bind(self, queue: str, exchange: str, routing_key: str) -> None:
+        await self.transport.bind(Binding(queue, exchange, routing_key))
+
+    async def unbind(self, queue: str, exchange: str, routing_key: str) -> None:
+        await self.transport.unbind(Binding(queue, exchange, routing_key))
+
+    # -- encoding ---------------------------------------------------------------------
+
+    def encode(self, data: Any) -> bytes:
+        body = self.encoder.encode(data)
+        if len(body) > self.max_message_size:
+            from ._exceptions import EncodingError
+
+            raise EncodingError(
+                f"message of {len(body)} bytes is over the limit of {self.max_message_size}"
+            )
+        return body
+
+    def decode_envelope(self, delivery: Delivery) -> dict[str, Any]:
+        """The validated envelope of ``delivery``; DecodingError if it is not one."""
+        return decode_envelope(
+            delivery.body, delivery.content_type, self.encoder,
+            max_size=self.max_message_size, accept=self.accept_content_types,
+        )
+
+    def properties(self, **values: Any) -> Properties:
+        """Properties for an encoded body: the encoder's content type plus ``values``."""
+        return Properties(content_type=self.encoder.content_type, **values)
+
+    # -- publishing -------------------------------------------------------------------
+
+    async def publish(
+        self, exchange: str, routing_key: str, body: bytes,
+        properties: Properties | None = None, *, mandatory: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        if len(body) > self.max_message_size:
+            from ._exceptions import EncodingError
+
+            raise EncodingError(
+                f"message of {len(body)} bytes is over the limit of {self.max_message_size}"
+            )
+        await self.transport.publish(
+            exchange, routing_key, body, properties, mandatory=mandatory, timeout=timeout
+        )
+
+    async def publish_envelope(
+        self, exchange: str, routing_key: str, envelope: Mapping[str, Any], *,
+        persistent: bool = False, mandatory: bool = True, timeout: float | None = None,
+        **properties: Any,
+    ) -> None:
+        props = self.properties(delivery_mode=PERSISTENT if persistent else None, **properties)
+        await self.transport.publish(
+            exchange, routing_key, self.encode(envelope), props,
+            mandatory=mandatory, timeout=timeout,
+        )
+
+    # -- RPC --------------------------------------------------------------------------
+
+    def new_correlation_id(self) -> str:
+        return f"{self._cid_prefix}.{next(self._cid_counter)}"
+
+    @property
+    def pending_calls(self) -> int:
+        return len(self._pending)
+
+    async def _start_replies(self) -> None:
+        async with self._reply_lock:
+            if not self._replies_started:
+                await self.transport.consume_replies(self._on_reply)
+                self._replies_started = True
+
+    async def _on_reply(self, delivery: Delivery) -> None:
+        cid = delivery.correlation_id
+        call = self._pending.pop(cid, None) if cid is not None else None
+        if call is None:
+            log.debug("reply with unknown correlation id %r dropped (late or foreign)", cid)
+            return
+        if call.timer is not None:
+            call.timer.cancel()
+        if not call.future.done():
+            call.future.set_result(delivery)
+
+    async def call(
+        self, exchange: str, routing_key: str, body: bytes,
+        properties: Properties | None = None, *, timeout: float | None = None,
+        mandatory: bool = True,
+    ) -> Delivery:
+        """Send a request and return the reply's delivery.
+
+        Raises RpcTimeout (a TimeoutError) after ``timeout`` seconds (default
+        ``rpc_timeout``), Unroutable at once when no queue receives the request,
+        RpcBacklogFull when too many calls are pending.
+        """
+        if not self._replies_started:
+            await self._start_replies()
+        if len(self._pending) >= self.max_pending_calls:
+            raise RpcBacklogFull(f"{len(self._pending)} RPC calls are already pending")
+        loop = asyncio.get_running_loop()
+        timeout = self.rpc_timeout if timeout is None else timeout
+        props = properties if properties is not None else Properties()
+        cid = props.correlation_id or self.new_correlation_id()
+        props = replace(props, correlation_id=cid, reply_to=DIRECT_REPLY_TO)
+        future: asyncio.Future[Delivery] = loop.create_future()
+        call = _PendingCall(future)
+        self._pending[cid] = call
+        call.timer = loop.call_later(timeout, self._expire, cid, exchange, routing_key, timeout)
+        try:
+            await self.publish(exchange, routing_key, body, props, mandatory=mandatory,
+                               timeout=timeout)
+            call.sent = True
+            return await future
+        finally:
+            if self._pending.get(cid) is call:
+                del self._pending[cid]
+                if call.timer is not None:
+                    call.timer.cancel()
+
+    def _expire(self, cid: str, exchange: str, routing_key: str, timeout: float) -> None:
+        call = self._pending.pop(cid, None)
+        if call is not None and not call.future.done():
+            call.future.set_exception(RpcTimeout(
+                f"no reply from {exchange!r}/{routing_key!r} within {timeout:g} s"
+            ))
+
+    async def reply(
+        self, request: Delivery, body: bytes, properties: Properties | None = None
+    ) -> bool:
+        """Send ``body`` to the request's ``reply_to`` through the default exchange,
+        echoing its correlation id. False when the request wants no reply."""
+        reply_to = request.reply_to
+        if not reply_to:
+            return False
+        props = properties if properties is not None else self.properties()
+        cid = request.correlation_id
+        if cid is not None and props.correlation_id != cid:
+            props = replace(props, correlation_id=cid)
+        try:
+            await self.publish("", reply_to, body, props, mandatory=False)
+        except PostageError as exc:
+            log.warning("cannot send a reply to %r: %s", reply_to, exc)
+            return False
+        return True
+
+    # -- consuming --------------------------------------------------------------------
+
+    async def subscribe(
+        self, queue: str, handler: Handler, *, prefetch_count: int = 0,
+        policy: RetryPolicy | None = None, exclusive: bool = False,
+    ) -> Subscription:
+        """Consume ``queue``: ack after ``handler``, retry then dead-letter on errors."""
+        sub = Subscription(self, queue, handler, policy or RetryPolicy())
+        sub.consumer = await self.transport.consume(
+            queue, sub._on_delivery, prefetch_count=prefetch_count, exclusive=exclusive
+        )
+        self._subscriptions.add(sub)
+        return sub
+
+    async def dead_letter(
+        self, delivery: Delivery, queue: str, reason: str, error: str = "",
+        attempts: int | None = None,
+    ) -> None:
+        """Move ``delivery`` to ``<queue>.dlq`` with why in its headers, then ack it."""
+        dlq = f"{queue}.dlq"
+        try:
+            if dlq not in self._dlqs:
+                await self.transport.declare_queue(QueueSpec.make(dlq, durable=True))
+                self._dlqs.add(dlq)
+            props = delivery.properties
+            headers = dict(props.headers or {})
+            headers.update({
+                HEADER_REASON: reason,
+                HEADER_ERROR: error[:1000],
+                HEADER_QUEUE: queue,
+                HEADER_EXCHANGE: delivery.exchange,
+                HEADER_ROUTING_KEY: delivery.routing_key,
+            })
+            if attempts is not None:
+                headers[HEADER_ATTEMPTS] = attempts
+            await self.transport.publish(
+                "", dlq, delivery.body,
+                replace(props, headers=headers, delivery_mode=PERSISTENT), mandatory=True,
+            )
+        except PostageError as exc:
+            log.error("cannot dead-letter a message of %r (%s); requeueing it", queue, exc)
+            await asyncio.sleep(0.5)
+            await delivery.nack(requeue=True)
+            return
+        log.warning("message from queue %r moved to %r: %s %s", queue, dlq, reason, error)
+        await delivery.ack()
+
+    # -- blocking user code -----------------------------------------------------------
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blocking ``fn`` in a worker thread so the loop keeps serving the connection."""
+        loop = asyncio.get_running_loop()
+        call = functools.partial(fn, *args, **kwargs) if kwargs else functools.partial(fn, *args)
+        return await loop.run_in_executor(self._executor, call)
+
+
+async def open_core(url: str | None = None, **options: Any) -> Core:
+    """Open a Core for ``url`` (or the ``POSTAGE_*`` environment)."""
+    settings_fields = set(ConnectionSettings.__dataclass_fields__)
+    conn_opts = {k: v for k, v in options.items() if k in settings_fields}
+    core_opts = {k: v for k, v in options.items() if k not in settings_fields}
+    core = Core(ConnectionSettings.from_url(url, **conn_opts), **core_opts)
+    try:
+        await core.open()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await core.close(1.0)
+        raise
+    return core

@@ -1,0 +1,169 @@
+"""Connection settings: broker URLs, TLS, timeouts, recovery. No I/O here.
+
+A URL is ``amqp://user:password@host:port/vhost?heartbeat=30`` (or ``amqps://``). Several
+brokers of one cluster are given as a list, as comma-separated URLs, or as comma-separated
+hosts in one URL (``amqp://u:p@node1:5672,node2:5672/vhost``): Postage connects to the first
+that answers and fails over to the others.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConnectionSettings", "TlsOptions", "redact_url", "url_from_environment"]
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit
+
+from ._exceptions import ConfigurationError
+
+DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
+_SCHEMES = {"amqp": 5672, "amqps": 5671}
+
+
+@dataclass(frozen=True, slots=True)
+class TlsOptions:
+    """TLS for ``amqps://``: a CA to trust, an optional client certificate, name checks."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify: bool = True
+    check_hostname: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """Everything needed to open (and reopen) a connection. Build it with :meth:`from_url`."""
+
+    urls: tuple[str, ...] = (DEFAULT_URL,)
+    heartbeat: int = 60
+    connect_timeout: float = 10.0
+    tls: TlsOptions | None = None
+    name: str | None = None
+    reconnect: bool = True
+    reconnect_delay: float = 0.2
+    reconnect_max_delay: float = 5.0
+    recovery_timeout: float = 60.0
+    publish_timeout: float = 30.0
+    client_properties: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_url(cls, url: str | Sequence[str] | None = None, **options: Any) -> ConnectionSettings:
+        """Settings for ``url`` (or ``POSTAGE_URL`` and the ``POSTAGE_*`` variables when None).
+
+        Query options understood: ``heartbeat``, ``connection_timeout`` (seconds),
+        ``name``, ``cafile``, ``certfile``, ``keyfile``, ``no_verify_ssl``.
+        Keyword ``options`` override fields of the settings.
+        """
+        if url is None:
+            url = url_from_environment()
+        urls = split_urls(url)
+        query = dict(parse_qsl(urlsplit(urls[0]).query))
+        values: dict[str, Any] = {"urls": urls}
+        try:
+            if "heartbeat" in query:
+                values["heartbeat"] = int(query["heartbeat"])
+            if "connection_timeout" in query:
+                values["connect_timeout"] = float(query["connection_timeout"])
+        except ValueError as exc:
+            raise ConfigurationError(f"bad query option in {redact_url(urls[0])}: {exc}") from None
+        if "name" in query:
+            values["name"] = query["name"]
+        if urls[0].startswith("amqps:") or {"cafile", "certfile", "keyfile"} & query.keys():
+            values["tls"] = TlsOptions(
+                ca_file=query.get("cafile"),
+                cert_file=query.get("certfile"),
+                key_file=query.get("keyfile"),
+                verify=query.get("no_verify_ssl", "0") in ("0", "false"),
+            )
+        settings = cls(**values)
+        unknown = set(options) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigurationError(f"unknown connection options: {', '.join(sorted(unknown))}")
+        return replace(settings, **options) if options else settings
+
+    def __repr__(self) -> str:
+        urls = ", ".join(redact_url(u) for u in self.urls)
+        return f"ConnectionSettings(urls=[{urls}], heartbeat={self.heartbeat})"
+
+
+def split_urls(url: str | Sequence[str]) -> tuple[str, ...]:
+    """One URL per broker node, each complete."""
+    parts: list[str] = []
+    items = [url] if isinstance(url, str) else list(url)
+    if not items:
+        raise ConfigurationError("no broker URL given")
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigurationError(f"broker URL must be a string, not {type(item).__name__}")
+        for piece in (p.strip() for p in item.split(",")):
+            if not piece:
+                continue
+            if "://" in piece:
+                parts.append(piece)
+            elif parts:  # another host of the previous URL: reuse its scheme, user and path
+                prev = urlsplit(parts[-1])
+                userinfo = prev.netloc.rpartition("@")[0]
+                host = piece.split("/", 1)[0]
+                netloc = f"{userinfo}@{host}" if userinfo else host
+                tail = prev.path + (f"?{prev.query}" if prev.query else "")
+                parts.append(f"{prev.scheme}://{netloc}{tail}")
+            else:
+                raise ConfigurationError(f"not a broker URL: {piece!r}")
+    # "amqp://u:p@h1:1,h2:2/vh" split at the comma leaves the path on the last host only
+    if len(parts) > 1:
+        last = urlsplit(parts[-1])
+        tail = last.path + (f"?{last.query}" if last.query else "")
+        fixed = []
+        for part in parts:
+            sp = urlsplit(part)
+            fixed.append(part if sp.path or sp.query else f"{sp.scheme}://{sp.netloc}{tail}")
+        parts = fixed
+    for part in parts:
+        _check_url(part)
+    return tuple(parts)
+
+
+def _check_url(url: str) -> None:
+    try:
+        sp = urlsplit(url)
+        sp.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise ConfigurationError(f"bad broker URL {redact_url(url)}: {exc}") from None
+    if sp.scheme not in _SCHEMES:
+        raise ConfigurationError(
+            f"broker URL must start with amqp:// or amqps://, not {sp.scheme or 'nothing'}://"
+        )
+    if not sp.hostname:
+        raise ConfigurationError(f"broker URL has no host: {redact_url(url)}")
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***``: safe to log or print."""
+    try:
+        sp = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if sp.password is None:
+        return url
+    userinfo, _, hostinfo = sp.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return sp._replace(netloc=f"{user}:***@{hostinfo}").geturl()
+
+
+def url_from_environment(environ: Mapping[str, str] | None = None) -> str:
+    """``POSTAGE_URL`` if set, else a URL from ``POSTAGE_HOST``, ``POSTAGE_VHOST``,
+    ``POSTAGE_USER`` and ``POSTAGE_PASSWORD`` (older ``POSTAGE_RMQ_*`` names still read)."""
+    env = os.environ if environ is None else environ
+    if env.get("POSTAGE_URL"):
+        return env["POSTAGE_URL"]
+    host = env.get("POSTAGE_HOST") or env.get("POSTAGE_RMQ_HOST") or "localhost"
+    vhost = env.get("POSTAGE_VHOST") or "/"
+    user = env.get("POSTAGE_USER") or env.get("POSTAGE_RMQ_USER") or "guest"
+    password = env.get("POSTAGE_PASSWORD") or env.get("POSTAGE_RMQ_PASSWORD") or "guest"
+    if ":" not in host.rsplit("]", 1)[-1]:
+        host = f"{host}:5672"
+    credentials = f"{quote(user, safe='')}:{quote(password, safe='')}"
+    return f"amqp://{credentials}@{host}/{quote(vhost, safe='')}"

@@ -1,0 +1,215 @@
+"""Throwaway RabbitMQ nodes (postage._localbroker), ``postage broker`` and the fixtures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import pika
+import pika.exceptions
+import pytest
+
+from postage._cli import main
+from postage._localbroker import (
+    LocalBrokerError,
+    LocalNode,
+    find_free_ports,
+    generate_tls_files,
+    port_is_free,
+    read_state,
+    write_state,
+)
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def postage(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "postage", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+
+
+def free_port_pair() -> int:
+    """A free port P with P + 20000 (its dist port under ``postage broker``) free too."""
+    for port in find_free_ports(50, low=10000, high=30000):
+        if port_is_free(port + 20000):
+            return port
+    raise AssertionError("no free port pair")
+
+
+def roundtrip(params: pika.ConnectionParameters | pika.URLParameters) -> bytes:
+    connection = pika.BlockingConnection(params)
+    try:
+        channel = connection.channel()
+        queue = channel.queue_declare("", exclusive=True).method.queue
+        channel.basic_publish("", queue, b"hello")
+        for _ in range(50):
+            _, _, body = channel.basic_get(queue, auto_ack=True)
+            if body is not None:
+                return body
+            connection.sleep(0.05)
+        raise AssertionError("message did not come back")
+    finally:
+        connection.close()
+
+
+# --------------------------------------------------------------------------- no broker needed
+
+
+def test_state_file_roundtrip(tmp_path: Path) -> None:
+    node = LocalNode(
+        tmp_path / "n",
+        name="postage-5999",
+        amqp_port=5999,
+        dist_port=25999,
+        tls_port=5998,
+        plugins=["rabbitmq_management"],
+    )
+    write_state(tmp_path, [node])
+    (back,) = read_state(tmp_path)
+    assert back.to_dict() == node.to_dict()
+    assert back.node_name == "postage-5999@localhost"
+    assert back.url == "amqp://guest:guest@127.0.0.1:5999/"
+    assert back.tls_url == "amqps://guest:guest@127.0.0.1:5998/"
+    assert back.management_url == "http://guest:guest@127.0.0.1:15999/"
+    assert read_state(tmp_path / "nothing") == []
+
+
+def test_damaged_state_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text("{not json")
+    with pytest.raises(LocalBrokerError, match=r"state\.json"):
+        read_state(tmp_path)
+
+
+def test_cli_without_command_and_bad_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([]) == 2
+    assert main(["broker", "stop", "--dir", str(tmp_path)]) == 0
+    assert main(["broker", "status", "--dir", str(tmp_path)]) == 1
+    capsys.readouterr()
+    assert main(["broker", "start", "--dir", str(tmp_path), "--port", "60000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("postage: error: ") and err.count("\n") == 1, err
+
+
+def test_cli_error_is_one_line_without_traceback(tmp_path: Path) -> None:
+    proc = postage("broker", "start", "--dir", str(tmp_path), "--nodes", "0")
+    assert proc.returncode == 2
+    assert proc.stderr == "postage: error: --nodes must be at least 1\n"
+    assert proc.stdout == ""
+
+
+def test_generated_certificates_verify(tmp_path: Path) -> None:
+    files = generate_tls_files(tmp_path)
+    for cert in (files.server_cert, files.client_cert):
+        proc = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(files.ca_file), str(cert)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+
+
+# --------------------------------------------------------------------------- real nodes
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_cli_start_status_connect_stop(tmp_path: Path) -> None:
+    # tmp_path is under pytest's 0700 directory: this also covers the data-dir fallback.
+    port = free_port_pair()
+    directory = str(tmp_path / "broker")
+    started = postage("broker", "start", "--dir", directory, "--port", str(port))
+    try:
+        assert started.returncode == 0, started.stderr
+        url = started.stdout.splitlines()[0]
+        assert url == f"amqp://guest:guest@127.0.0.1:{port}/"
+
+        status = postage("broker", "status", "--dir", directory)
+        assert status.returncode == 0, status.stderr
+        assert f"postage-{port}@localhost running {url}" in status.stdout
+
+        again = postage("broker", "start", "--dir", directory, "--port", str(port))
+        assert (again.returncode, again.stdout) == (0, started.stdout)
+
+        assert roundtrip(pika.URLParameters(url)) == b"hello"
+        (node,) = read_state(Path(directory))
+        assert node.is_running() and node.pid > 1
+        assert "postage" not in node.ctl("list_queues", "name")
+    finally:
+        stopped = postage("broker", "stop", "--dir", directory)
+    assert stopped.returncode == 0, stopped.stderr
+    assert port_is_free(port)
+    assert not node.is_running()
+    shutil.rmtree(node.data_dir, ignore_errors=True)  # it may be in /tmp/postage-nodes
+    after = postage("broker", "status", "--dir", directory)
+    assert after.returncode == 1
+
+
+def test_broker_fixture(broker, broker_url: str) -> None:
+    assert broker_url == broker.url
+    assert broker.node.is_running()
+    assert broker.node.pid > 1
+    assert broker.node_name in broker.ctl("eval", "node().")
+    with pytest.raises(LocalBrokerError, match=r"no_such_command"):
+        broker.ctl("no_such_command")
+    assert roundtrip(pika.URLParameters(broker_url)) == b"hello"
+
+
+def _tls_params(tls_broker, context: ssl.SSLContext) -> pika.ConnectionParameters:
+    port = tls_broker.node.tls_port
+    return pika.ConnectionParameters(
+        host="127.0.0.1",
+        port=port,
+        ssl_options=pika.SSLOptions(context, "localhost"),
+        connection_attempts=1,
+        socket_timeout=10,
+    )
+
+
+def test_tls_with_the_generated_ca(tls_broker) -> None:
+    assert tls_broker.tls_url.startswith("amqps://guest:guest@127.0.0.1:")
+    context = ssl.create_default_context(cafile=str(tls_broker.ca_file))
+    assert roundtrip(_tls_params(tls_broker, context)) == b"hello"
+
+
+def test_mutual_tls_with_the_client_certificate(tls_broker) -> None:
+    context = ssl.create_default_context(cafile=str(tls_broker.ca_file))
+    context.load_cert_chain(str(tls_broker.client_cert), str(tls_broker.client_key))
+    assert roundtrip(_tls_params(tls_broker, context)) == b"hello"
+
+
+def test_tls_refused_with_a_wrong_ca(tls_broker, tmp_path: Path) -> None:
+    other = generate_tls_files(tmp_path / "other")
+    context = ssl.create_default_context(cafile=str(other.ca_file))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        pika.BlockingConnection(_tls_params(tls_broker, context))
+
+
+def test_tls_refuses_a_client_certificate_of_another_ca(tls_broker, tmp_path: Path) -> None:
+    other = generate_tls_files(tmp_path / "other")
+    context = ssl.create_default_context(cafile=str(tls_broker.ca_file))
+    context.load_cert_chain(str(other.client_cert), str(other.client_key))
+    with pytest.raises((pika.exceptions.AMQPConnectionError, ssl.SSLError, ConnectionError)):
+        roundtrip(_tls_params(tls_broker, context))
+
+
+@pytest.mark.cluster
+def test_cluster(cluster) -> None:
+    names = sorted(n.node_name for n in cluster.nodes)
+    assert sorted(cluster.running_nodes()) == names
+    for url in cluster.urls:
+        assert roundtrip(pika.URLParameters(url)) == b"hello"
