@@ -386,11 +386,17 @@ class Core:
     ) -> Subscription:
         """Consume ``queue``: ack after ``handler``, retry then dead-letter on errors."""
         sub = Subscription(self, queue, handler, policy or RetryPolicy())
+        await self._ensure_dlq(f"{queue}.dlq")  # exists from the start, for operators to watch
         sub.consumer = await self.transport.consume(
             queue, sub._on_delivery, prefetch_count=prefetch_count, exclusive=exclusive
         )
         self._subscriptions.add(sub)
         return sub
+
+    async def _ensure_dlq(self, dlq: str) -> None:
+        if dlq not in self._dlqs:
+            await self.transport.declare_queue(QueueSpec.make(dlq, durable=True))
+            self._dlqs.add(dlq)
 
     async def dead_letter(
         self, delivery: Delivery, queue: str, reason: str, error: str = "",
@@ -399,9 +405,7 @@ class Core:
         """Move ``delivery`` to ``<queue>.dlq`` with why in its headers, then ack it."""
         dlq = f"{queue}.dlq"
         try:
-            if dlq not in self._dlqs:
-                await self.transport.declare_queue(QueueSpec.make(dlq, durable=True))
-                self._dlqs.add(dlq)
+            await self._ensure_dlq(dlq)
             props = delivery.properties
             headers = dict(props.headers or {})
             headers.update({

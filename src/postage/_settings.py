@@ -106,9 +106,9 @@ def split_urls(url: str | Sequence[str]) -> tuple[str, ...]:
             elif parts:  # another host of the previous URL: reuse its scheme, user and path
                 prev = urlsplit(parts[-1])
                 userinfo = prev.netloc.rpartition("@")[0]
-                host = piece.split("/", 1)[0]
+                host, slash, rest = piece.partition("/")
                 netloc = f"{userinfo}@{host}" if userinfo else host
-                tail = prev.path + (f"?{prev.query}" if prev.query else "")
+                tail = slash + rest if slash else prev.path + (f"?{prev.query}" if prev.query else "")
                 parts.append(f"{prev.scheme}://{netloc}{tail}")
             else:
                 raise ConfigurationError(f"not a broker URL: {piece!r}")
