@@ -108,7 +108,8 @@ def split_urls(url: str | Sequence[str]) -> tuple[str, ...]:
                 userinfo = prev.netloc.rpartition("@")[0]
                 host, slash, rest = piece.partition("/")
                 netloc = f"{userinfo}@{host}" if userinfo else host
-                tail = slash + rest if slash else prev.path + (f"?{prev.query}" if prev.query else "")
+                prev_tail = prev.path + (f"?{prev.query}" if prev.query else "")
+                tail = slash + rest if slash else prev_tail
                 parts.append(f"{prev.scheme}://{netloc}{tail}")
             else:
                 raise ConfigurationError(f"not a broker URL: {piece!r}")
