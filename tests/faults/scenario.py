@@ -1,0 +1,117 @@
+"""A stream of confirmed messages through a fault, and the figures that tell what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from postage import PostageError, Properties
+from postage._core import Core
+from postage._transport import Delivery
+
+
+@dataclass
+class Figures:
+    scenario: str
+    sent: int = 0
+    confirmed: int = 0
+    delivered: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    publish_errors: int = 0
+    faults: int = 0
+    recovery_s: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["recovery_s"] = [round(x, 2) for x in self.recovery_s]
+        d["seconds"] = round(self.seconds, 2)
+        return d
+
+    def line(self) -> str:
+        rec = "/".join(f"{x:.2f}" for x in self.recovery_s) or "-"
+        return (f"{self.scenario}: sent {self.sent}, confirmed {self.confirmed}, delivered "
+                f"{self.delivered}, lost {self.lost}, duplicates {self.duplicates}, publish errors "
+                f"{self.publish_errors}, faults {self.faults}, recovery s {rec}, "
+                f"total {self.seconds:.1f} s")
+
+
+async def stream_through_faults(
+    scenario: str,
+    publisher: Core,
+    consumer: Core,
+    queue: str,
+    *,
+    count: int,
+    fault: Callable[[], Awaitable[None]],
+    fault_after: tuple[int, ...],
+    concurrency: int = 64,
+    deadline: float = 120.0,
+    handler_delay: float = 0.0,
+) -> Figures:
+    """Publish ``count`` persistent messages to ``queue`` (default exchange), run ``fault``
+    when the confirmed count passes each of ``fault_after``, consume them all, count."""
+    fig = Figures(scenario)
+    seen: collections.Counter[int] = collections.Counter()
+    confirmed: set[int] = set()
+    all_in = asyncio.Event()
+    start = time.perf_counter()
+    fault_times: list[float] = []
+    pending_faults = sorted(fault_after)
+
+    async def handle(d: Delivery) -> None:
+        if handler_delay:
+            await asyncio.sleep(handler_delay)
+        seen[int(d.body)] += 1
+        if confirmed and len(seen) >= count:
+            all_in.set()
+
+    sub = await consumer.subscribe(queue, handle, prefetch_count=200)
+    sem = asyncio.Semaphore(concurrency)
+    props = Properties(delivery_mode=2)
+    fault_lock = asyncio.Lock()
+
+    async def maybe_fault() -> None:
+        async with fault_lock:
+            while pending_faults and len(confirmed) >= pending_faults[0]:
+                pending_faults.pop(0)
+                fig.faults += 1
+                await fault()
+                fault_times.append(time.perf_counter())
+
+    recovered_after: list[float] = []
+
+    async def publish(i: int) -> None:
+        async with sem:
+            fig.sent += 1
+            sent_at = time.perf_counter()
+            try:
+                await publisher.publish("", queue, str(i).encode(), props, timeout=deadline)
+            except PostageError:
+                fig.publish_errors += 1
+                return
+            confirmed.add(i)
+            # recovery: from a fault to the first confirm of a message sent after it
+            k = len(recovered_after)
+            if k < len(fault_times) and sent_at > fault_times[k]:
+                recovered_after.append(time.perf_counter() - fault_times[k])
+        await maybe_fault()
+
+    await asyncio.gather(*(publish(i) for i in range(count)))
+    try:
+        await asyncio.wait_for(all_in.wait(), deadline)
+    except asyncio.TimeoutError:
+        pass
+    await sub.cancel()
+    fig.seconds = time.perf_counter() - start
+    fig.confirmed = len(confirmed)
+    fig.delivered = len(seen)
+    fig.lost = len(confirmed - set(seen))
+    fig.duplicates = sum(n - 1 for n in seen.values())
+    fig.recovery_s = recovered_after
+    return fig
