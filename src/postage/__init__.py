@@ -8,6 +8,9 @@ Three ways to use one asyncio core and one wire format:
 * the async client (``postage.AsyncClient``) for raw bodies on any exchange.
 """
 
+from . import aio
+from ._client import AsyncClient
+from ._communicator import BroadcastFilter, Communicator, TaskQueue, connect
 from ._core import RetryPolicy
 from ._encoding import Encoder, JsonEncoder
 from ._exceptions import (
@@ -44,8 +47,11 @@ __version__ = "2.0.0.dev0"
 
 __all__ = [
     "AccessRefused",
+    "AsyncClient",
     "AuthenticationError",
+    "BroadcastFilter",
     "ChannelError",
+    "Communicator",
     "ConfigurationError",
     "ConnectionClosed",
     "ConnectionError",
@@ -68,6 +74,7 @@ __all__ = [
     "RetryPolicy",
     "RpcBacklogFull",
     "RpcTimeout",
+    "TaskQueue",
     "TlsOptions",
     "Unroutable",
     "UnsupportedContentType",
@@ -75,4 +82,6 @@ __all__ = [
     "VhostNotFound",
     "WrongThreadError",
     "__version__",
+    "aio",
+    "connect",
 ]

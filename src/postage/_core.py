@@ -229,10 +229,21 @@ class Core:
     async def declare_queue(
         self, name: str, *, durable: bool = False, exclusive: bool = False,
         auto_delete: bool = False, arguments: Mapping[str, Any] | None = None,
+        quorum: bool = False, delivery_limit: int | None = None,
     ) -> tuple[int, int]:
+        """Declare a queue; ``quorum=True`` makes it a replicated quorum queue (durable,
+        with the broker's ``x-delivery-limit`` as a last line against poison messages)."""
+        args = dict(arguments or {})
+        if quorum:
+            if exclusive or auto_delete:
+                raise ConfigurationError("a quorum queue cannot be exclusive or auto-delete")
+            durable = True
+            args["x-queue-type"] = "quorum"
+            if delivery_limit is not None:
+                args["x-delivery-limit"] = delivery_limit
         return await self.transport.declare_queue(QueueSpec.make(
             name, durable=durable, exclusive=exclusive, auto_delete=auto_delete,
-            arguments=arguments))
+            arguments=args or None))
 
     async def bind(self, queue: str, exchange: str, routing_key: str) -> None:
         await self.transport.bind(Binding(queue, exchange, routing_key))
@@ -328,6 +339,24 @@ class Core:
         ``rpc_timeout``), Unroutable at once when no queue receives the request,
         RpcBacklogFull when too many calls are pending.
         """
+        future = await self.request(
+            exchange, routing_key, body, properties, timeout=timeout, mandatory=mandatory
+        )
+        return await future  # cancelling the caller cancels the future: the call is forgotten
+
+    async def request(
+        self, exchange: str, routing_key: str, body: bytes,
+        properties: Properties | None = None, *, timeout: float | None = None,
+        mandatory: bool = True,
+    ) -> asyncio.Future[Delivery]:
+        """Send a request; once the broker has confirmed it, return a future of the reply.
+
+        Split from :meth:`call` for APIs that hand the caller a future (the communicator):
+        publishing errors (Unroutable, ...) are raised here, at once; the future fails with
+        RpcTimeout after ``timeout`` seconds (default ``rpc_timeout``). Cancelling the
+        future forgets the call. The confirm itself is awaited for at most
+        ``min(timeout, publish_timeout)``.
+        """
         if not self._replies_started:
             await self._start_replies()
         if len(self._pending) >= self.max_pending_calls:
@@ -341,16 +370,21 @@ class Core:
         call = _PendingCall(future)
         self._pending[cid] = call
         call.timer = loop.call_later(timeout, self._expire, cid, exchange, routing_key, timeout)
+        future.add_done_callback(functools.partial(self._forget, cid, call))
         try:
             await self.publish(exchange, routing_key, body, props, mandatory=mandatory,
-                               timeout=timeout)
-            call.sent = True
-            return await future
-        finally:
-            if self._pending.get(cid) is call:
-                del self._pending[cid]
-                if call.timer is not None:
-                    call.timer.cancel()
+                               timeout=min(timeout, self.settings.publish_timeout))
+        except BaseException:
+            future.cancel()
+            raise
+        call.sent = True
+        return future
+
+    def _forget(self, cid: str, call: _PendingCall, _future: asyncio.Future[Delivery]) -> None:
+        if self._pending.get(cid) is call:
+            del self._pending[cid]
+        if call.timer is not None:
+            call.timer.cancel()
 
     def _expire(self, cid: str, exchange: str, routing_key: str, timeout: float) -> None:
         call = self._pending.pop(cid, None)
@@ -382,21 +416,32 @@ class Core:
 
     async def subscribe(
         self, queue: str, handler: Handler, *, prefetch_count: int = 0,
-        policy: RetryPolicy | None = None, exclusive: bool = False,
+        policy: RetryPolicy | None = None, exclusive: bool = False, no_ack: bool = False,
     ) -> Subscription:
-        """Consume ``queue``: ack after ``handler``, retry then dead-letter on errors."""
+        """Consume ``queue``: ack after ``handler``, retry then dead-letter on errors.
+
+        With ``no_ack`` the broker forgets each message once sent (at most once); a failing
+        handler's message is still retried and dead-lettered by republishing it.
+        """
         sub = Subscription(self, queue, handler, policy or RetryPolicy())
         await self._ensure_dlq(f"{queue}.dlq")  # exists from the start, for operators to watch
         sub.consumer = await self.transport.consume(
-            queue, sub._on_delivery, prefetch_count=prefetch_count, exclusive=exclusive
+            queue, sub._on_delivery, prefetch_count=prefetch_count, exclusive=exclusive,
+            no_ack=no_ack,
         )
         self._subscriptions.add(sub)
         return sub
 
     async def _ensure_dlq(self, dlq: str) -> None:
-        if dlq not in self._dlqs:
-            await self.transport.declare_queue(QueueSpec.make(dlq, durable=True))
-            self._dlqs.add(dlq)
+        if dlq in self._dlqs:
+            return
+        # A quorum queue's dead letters go to a quorum queue too, so that they survive
+        # the loss of a node just as the messages did.
+        source = self.transport._queues.get(dlq.removesuffix(".dlq"))
+        quorum = source is not None and ("x-queue-type", "quorum") in source.arguments
+        arguments = {"x-queue-type": "quorum"} if quorum else None
+        await self.transport.declare_queue(QueueSpec.make(dlq, durable=True, arguments=arguments))
+        self._dlqs.add(dlq)
 
     async def dead_letter(
         self, delivery: Delivery, queue: str, reason: str, error: str = "",

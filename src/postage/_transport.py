@@ -27,7 +27,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import aiormq
 import aiormq.abc
@@ -85,8 +85,16 @@ def translate_error(exc: BaseException) -> PostageError:
         )
     if isinstance(exc, amqp_errors.ConnectionNotAllowed):
         return VhostNotFound(f"the broker does not allow this virtual host: {_reply_text(exc)}")
-    if isinstance(exc, ssl.SSLError):
-        return ConnectionError(f"TLS handshake failed: {exc.reason or exc}")
+    tls_error = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
+    if isinstance(tls_error, ssl.SSLCertVerificationError):  # aiormq wraps OSErrors
+        return ConnectionError(
+            f"TLS certificate verification failed: {tls_error.verify_message or tls_error}"
+        )
+    if isinstance(tls_error, ssl.SSLError):
+        return ConnectionError(f"TLS handshake failed: {tls_error.reason or tls_error}")
+    if isinstance(exc, amqp_errors.InvalidFrameError) and "Connection.Close" in str(exc):
+        # aiormq reports a refused Connection.Open as an unexpected frame
+        return VhostNotFound("the broker refused to open the virtual host")
     if isinstance(exc, asyncio.TimeoutError):
         return DeliveryTimeout("the broker did not answer in time")
     return ConnectionError(f"connection to the broker failed: {_reply_text(exc)}")
@@ -114,6 +122,11 @@ async def _bind_on(channel: Any, binding: Binding) -> Any:
         binding.queue, binding.exchange, routing_key=binding.routing_key,
         arguments=dict(binding.arguments) or None,
     )
+
+
+async def _close_quietly(channel: Any) -> None:
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await channel.close()
 
 
 # ---------------------------------------------------------------------------------------
@@ -307,7 +320,9 @@ class Consumer:
             arguments=self.arguments or None,
             consumer_tag=self.tag,
         )
-        channel.closing.add_done_callback(self._on_channel_closed)
+        channel.closing.add_done_callback(
+            lambda future: self._on_channel_closed(channel, future)
+        )
 
     async def _on_message(self, message: aiormq.abc.DeliveredMessage) -> None:
         task = asyncio.current_task()
@@ -328,10 +343,12 @@ class Consumer:
             log.warning("the broker cancelled the consumer of queue %r; restoring it", self.queue)
             self._transport._spawn(self._transport._restart_consumer(self, declare=True))
 
-    def _on_channel_closed(self, future: asyncio.Future[Any]) -> None:
+    def _on_channel_closed(self, channel: Any, future: asyncio.Future[Any]) -> None:
         transport = self._transport
         if not self.active or transport.closed or future.cancelled():
             return
+        if channel is not self.channel:
+            return  # an old channel of a previous connection: already replaced
         if transport._connection is None or transport._connection.is_closed:
             return  # the supervisor restores everything after a reconnection
         exc = future.exception()
@@ -400,7 +417,15 @@ class Transport:
         if self._connection is not None:
             return
         await self._connect_any()
-        await self._restore()
+        try:
+            await asyncio.wait_for(self._restore(), self.settings.connect_timeout * 3)
+        except BaseException:
+            connection: Any = self._connection  # set by _connect_any()
+            self._connection = None
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+            raise
         self._ready.set()
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
 
@@ -480,8 +505,19 @@ class Transport:
             raise
         except BaseException as exc:
             error = translate_error(exc)
-            if isinstance(error, AuthenticationError | VhostNotFound):
-                raise error from None
+            where = f"{sp.hostname}:{sp.port or (5671 if sp.scheme == 'amqps' else 5672)}"
+            user = unquote(sp.username or "guest")
+            if isinstance(error, AuthenticationError):
+                raise AuthenticationError(
+                    f"the broker at {where} refused user {user!r}: wrong user name or "
+                    "password (ACCESS_REFUSED)"
+                ) from None
+            if isinstance(error, VhostNotFound):
+                vhost = unquote(sp.path[1:]) if len(sp.path) > 1 else "/"
+                raise VhostNotFound(
+                    f"the broker at {where} refused virtual host {vhost!r} for user {user!r}: "
+                    "it does not exist or the user has no permission on it"
+                ) from None
             raise ConnectionError(f"{redact_url(url)}: {error}") from None
 
     def _ssl_context(self) -> ssl.SSLContext:
@@ -505,20 +541,35 @@ class Transport:
         connection = self._connection
         self._control = await connection.channel(publisher_confirms=False)
         self._publisher = await connection.channel(publisher_confirms=True, on_return_raises=False)
+        # One object the broker refuses (e.g. a classic queue whose home node is down)
+        # must not keep everything else from working: it is retried in the background.
+        unavailable: set[str] = set()
         for exchange in list(self._exchanges.values()):
-            await self._declare_exchange_on(self._control, exchange)
+            await self._restore_step(self._declare_exchange_on, exchange)
         for queue in list(self._queues.values()):
-            await self._declare_queue_on(self._control, queue)
+            if not await self._restore_step(self._declare_queue_on, queue):
+                unavailable.add(queue.name)
         for binding in list(self._bindings):
-            await self._control.queue_bind(
-                binding.queue, binding.exchange, routing_key=binding.routing_key,
-                arguments=dict(binding.arguments) or None,
-            )
+            if binding.queue not in unavailable:
+                await self._restore_step(_bind_on, binding)
         if self._reply_callback is not None:
             await self._consume_replies(self._reply_callback)
         for consumer in list(self._consumers.values()):
-            if consumer.active:
+            if not consumer.active:
+                continue
+            if consumer.queue in unavailable:
+                self._spawn(self._restart_consumer(consumer, declare=True))
+            else:
                 await consumer._start(connection)
+
+    async def _restore_step(self, declare: Callable[[Any, Any], Awaitable[Any]], item: Any) -> bool:
+        try:
+            await declare(self._control, item)
+        except amqp_errors.ChannelClosed as exc:
+            log.warning("cannot restore %s after reconnecting: %s", item, translate_error(exc))
+            self._control = await self._connection.channel(publisher_confirms=False)
+            return False
+        return True
 
     async def _supervise(self) -> None:
         while not self._closed:
@@ -542,7 +593,7 @@ class Transport:
             while not self._closed:
                 try:
                     await self._connect_any()
-                    await self._restore()
+                    await asyncio.wait_for(self._restore(), self.settings.recovery_timeout)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -722,6 +773,7 @@ class Transport:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout if timeout is not None else self.settings.publish_timeout)
         amqp_properties = _to_amqp(properties)
+        nacks = 0
         while True:
             if exchange not in self._known_exchanges:
                 await self.check_exchange(exchange, timeout=max(0.01, deadline - loop.time()))
@@ -743,7 +795,18 @@ class Transport:
                 raise DeliveryTimeout(
                     f"no confirm for a message to {exchange!r}/{routing_key!r} in time"
                 ) from None
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # we were cancelled
+                # aiormq cancels the confirms of a channel it closes: send again
+                if loop.time() >= deadline:
+                    raise ConnectionError("publish failed: the channel was closed") from None
+                await asyncio.sleep(0.01)
+                continue
             except amqp_errors.ChannelClosed as exc:
+                if isinstance(exc, amqp_errors.ChannelAccessRefused):
+                    raise translate_error(exc) from None  # retrying cannot help
                 if self._connection is None or not self._connection.is_closed:
                     # A channel-level refusal (e.g. the exchange vanished): check and retry.
                     self._known_exchanges.discard(exchange)
@@ -751,6 +814,22 @@ class Transport:
                 if loop.time() >= deadline:
                     raise translate_error(exc) from None
                 await asyncio.sleep(0.01)
+                continue
+            except amqp_errors.DeliveryError as exc:
+                # The broker nacked: it could not take the message (e.g. a quorum queue
+                # electing a new leader). Transient as a rule: send again until the deadline.
+                nacks += 1
+                if loop.time() >= deadline:
+                    raise PublishNacked(
+                        f"the broker nacked a message to {exchange!r}/{routing_key!r} "
+                        f"{nacks} times: {exc}"
+                    ) from None
+                if nacks % 3 == 0 and channel is self._publisher:
+                    # A channel can keep nacking after a quorum queue's leader moved
+                    # (it still targets the old one): a fresh channel fixes that.
+                    log.warning("broker keeps nacking on the publisher channel; reopening it")
+                    self._spawn(_close_quietly(channel))
+                await asyncio.sleep(min(0.5, 0.01 * nacks))
                 continue
             except PostageError:
                 raise
@@ -858,8 +937,19 @@ class Transport:
         """Receive direct reply-to replies (``reply_to = amq.rabbitmq.reply-to``)."""
         self._reply_callback = callback
         await self._wait_ready(None)
-        async with self._publisher_lock:
-            await self._consume_replies(callback)
+        channel = self._publisher
+        try:
+            if channel is None or channel.is_closed:
+                # e.g. the broker closed it after a refused publish; the new one consumes
+                await self._reopen_publisher(channel)
+                return
+            async with self._publisher_lock:
+                if self._publisher is channel:  # else a reopen already consumes replies
+                    await self._consume_replies(callback)
+        except PostageError:
+            raise
+        except Exception as exc:
+            raise translate_error(exc) from None
 
     async def _consume_replies(self, callback: DeliveryCallback) -> None:
         channel = self._publisher

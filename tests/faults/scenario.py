@@ -105,7 +105,7 @@ async def stream_through_faults(
     await asyncio.gather(*(publish(i) for i in range(count)))
     try:
         await asyncio.wait_for(all_in.wait(), deadline)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     await sub.cancel()
     fig.seconds = time.perf_counter() - start

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from postage import ConnectionError, Properties
-from postage._core import Core, open_core
+from postage._core import open_core
 from postage._transport import Delivery
 from tests.conftest import Broker
 from tests.faults.proxy import TcpProxy

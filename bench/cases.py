@@ -1,0 +1,186 @@
+"""The catalogue: every case (one implementation of one workload) and the issue's targets."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    workload: str  # publish | e2e | rpc | rpc64 | memory | scaling
+    impl: str  # who is measured
+    label: str  # how
+    fn: str  # "module:function"
+    metric: str  # rate (higher is better) | latency (p50 ms, lower) | mb (lower)
+    n: int
+    n_quick: int
+    postage: bool = False
+    requires: tuple[str, ...] = ()  # "module" or "module:attribute"
+    params: dict[str, Any] = field(default_factory=dict)
+    timeout: float = 120.0  # hard limit of one repetition (seconds)
+
+
+def available(case: Case) -> str | None:
+    """None when the case can run, else why not ("not available yet: ...")."""
+    for req in case.requires:
+        module, _, attr = req.partition(":")
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            return f"not available yet ({module} not importable)"
+        except Exception as exc:
+            return f"not available yet ({module} fails to import: {type(exc).__name__})"
+        if attr and not hasattr(mod, attr):
+            return f"not available yet ({module}.{attr} missing)"
+    return None
+
+
+P, Q = "bench.peers:", "bench.postage_cases:"
+CLASSIC = ("postage.messaging:GenericProducer",)
+COMM = ("postage:connect",)
+AIOCOMM = ("postage.aio:connect",)
+CLIENT = ("postage:AsyncClient",)
+KIWI = ("kiwipy", "kiwipy.rmq")
+
+CASES: list[Case] = [
+    # (1) publish throughput, persistent, confirmed
+    Case("publish.pika", "publish", "pika", "BlockingConnection, confirms, sequential",
+         P + "pika_publish", "rate", 3000, 600),
+    Case("publish.aiopika.seq", "publish", "aio-pika", "awaiting each publish",
+         P + "aiopika_publish_seq", "rate", 3000, 600),
+    Case("publish.aiopika.256", "publish", "aio-pika", "256 in flight",
+         P + "aiopika_publish_window", "rate", 20000, 3000),
+    Case("publish.aiormq.256", "publish", "aiormq", "raw, 256 in flight",
+         P + "aiormq_publish_window", "rate", 20000, 3000),
+    Case("publish.kiwipy", "publish", "kiwiPy", "task_send(no_reply=True), sequential",
+         P + "kiwipy_publish", "rate", 2000, 400, requires=KIWI),
+    Case("publish.core.seq", "publish", "Postage core", "awaiting each publish",
+         Q + "core_publish_seq", "rate", 3000, 600, postage=True),
+    Case("publish.core.256", "publish", "Postage core", "256 in flight",
+         Q + "core_publish_window", "rate", 20000, 3000, postage=True),
+    Case("publish.classic", "publish", "Postage classic", "message_X, sequential",
+         Q + "classic_publish", "rate", 3000, 600, postage=True, requires=CLASSIC),
+    Case("publish.comm", "publish", "Postage communicator",
+         "task_send(no_reply=True), sequential", Q + "comm_publish", "rate", 3000, 600,
+         postage=True, requires=COMM),
+    Case("publish.client.256", "publish", "Postage AsyncClient", "publish, 256 in flight",
+         Q + "client_publish_window", "rate", 20000, 3000, postage=True, requires=CLIENT),
+    # (2) end-to-end publish -> handler -> ack
+    Case("e2e.aiopika", "e2e", "aio-pika", "256 in flight, prefetch 256",
+         P + "aiopika_e2e", "rate", 20000, 3000),
+    Case("e2e.kiwipy", "e2e", "kiwiPy", "task queue, prefetch 256",
+         P + "kiwipy_e2e", "rate", 3000, 500, requires=KIWI),
+    Case("e2e.core", "e2e", "Postage core", "256 in flight, prefetch 256",
+         Q + "core_e2e", "rate", 20000, 3000, postage=True),
+    Case("e2e.comm", "e2e", "Postage communicator", "task queue (kiwiPy's code), prefetch 256",
+         Q + "comm_e2e", "rate", 3000, 600, postage=True, requires=COMM),
+    Case("e2e.aiocomm", "e2e", "Postage aio communicator", "task_send 256 in flight",
+         Q + "aio_comm_e2e", "rate", 20000, 3000, postage=True, requires=AIOCOMM),
+    Case("e2e.client", "e2e", "Postage AsyncClient", "256 in flight, prefetch 256",
+         Q + "client_e2e", "rate", 20000, 3000, postage=True, requires=CLIENT),
+    # (3) sequential RPC latency
+    Case("rpc.pika", "rpc", "pika", "tutorial RPC (callback queue)",
+         P + "pika_rpc", "latency", 2000, 300),
+    Case("rpc.aiopika", "rpc", "aio-pika", "direct reply-to",
+         P + "aiopika_rpc_seq", "latency", 2000, 300),
+    Case("rpc.kiwipy", "rpc", "kiwiPy", "rpc_send().result()",
+         P + "kiwipy_rpc_seq", "latency", 1000, 200, requires=KIWI),
+    Case("rpc.core", "rpc", "Postage core", "core.call (direct reply-to)",
+         Q + "core_rpc_seq", "latency", 2000, 300, postage=True),
+    Case("rpc.comm", "rpc", "Postage communicator", "rpc_send().result() (kiwiPy's code)",
+         Q + "comm_rpc_seq", "latency", 2000, 300, postage=True, requires=COMM),
+    Case("rpc.aiocomm", "rpc", "Postage aio communicator", "await rpc_send()",
+         Q + "aio_comm_rpc_seq", "latency", 2000, 300, postage=True, requires=AIOCOMM),
+    Case("rpc.client", "rpc", "Postage AsyncClient", "await client.rpc()",
+         Q + "client_rpc_seq", "latency", 2000, 300, postage=True, requires=CLIENT),
+    Case("rpc.classic", "rpc", "Postage classic", "blocking rpc_X",
+         Q + "classic_rpc_seq", "latency", 2000, 300, postage=True, requires=CLASSIC),
+    # (4) 64 RPCs in flight
+    Case("rpc64.aiopika", "rpc64", "aio-pika", "64 in flight",
+         P + "aiopika_rpc_window", "rate", 10000, 1500),
+    Case("rpc64.kiwipy", "rpc64", "kiwiPy", "64 futures in flight",
+         P + "kiwipy_rpc_window", "rate", 3000, 500, requires=KIWI),
+    Case("rpc64.core", "rpc64", "Postage core", "64 in flight",
+         Q + "core_rpc_window", "rate", 10000, 1500, postage=True),
+    Case("rpc64.comm", "rpc64", "Postage communicator", "64 futures in flight (kiwiPy's code)",
+         Q + "comm_rpc_window", "rate", 10000, 1500, postage=True, requires=COMM),
+    Case("rpc64.aiocomm", "rpc64", "Postage aio communicator", "64 in flight",
+         Q + "aio_comm_rpc_window", "rate", 10000, 1500, postage=True, requires=AIOCOMM),
+    Case("rpc64.client", "rpc64", "Postage AsyncClient", "64 in flight",
+         Q + "client_rpc_window", "rate", 10000, 1500, postage=True, requires=CLIENT),
+    # (5) memory
+    Case("idle.aiopika", "memory", "aio-pika", "idle RSS, one RPC server",
+         P + "aiopika_idle", "mb", 0, 0),
+    Case("idle.kiwipy", "memory", "kiwiPy", "idle RSS, one RPC subscriber",
+         P + "kiwipy_idle", "mb", 0, 0, requires=KIWI),
+    Case("idle.core", "memory", "Postage core", "idle RSS, one RPC responder",
+         Q + "core_idle", "mb", 0, 0, postage=True),
+    Case("idle.comm", "memory", "Postage communicator", "idle RSS, one RPC subscriber",
+         Q + "comm_idle", "mb", 0, 0, postage=True, requires=COMM),
+    Case("pending.aiopika", "memory", "aio-pika", "extra for 10,000 pending RPCs (tasks)",
+         P + "aiopika_pending", "mb", 10000, 2500),
+    Case("pending.kiwipy", "memory", "kiwiPy", "extra for 10,000 pending rpc_send futures",
+         P + "kiwipy_pending", "mb", 10000, 2500, requires=KIWI),
+    Case("pending.core", "memory", "Postage core", "extra for 10,000 pending calls (tasks)",
+         Q + "core_pending", "mb", 10000, 2500, postage=True),
+    Case("pending.comm", "memory", "Postage communicator",
+         "extra for 10,000 pending rpc_send futures", Q + "comm_pending", "mb", 10000, 2500,
+         postage=True, requires=COMM),
+]
+for _k in (1, 2, 4):
+    CASES.append(Case(f"scale.aiopika.{_k}", "scaling", "aio-pika",
+                      f"{_k} consumer process(es)", Q + "scaling_aiopika", "rate", 20000, 3000,
+                      params={"consumers": _k}))
+    CASES.append(Case(f"scale.core.{_k}", "scaling", "Postage core",
+                      f"{_k} consumer process(es)", Q + "scaling_postage", "rate", 20000, 3000,
+                      postage=True, params={"consumers": _k}))
+
+BY_ID = {c.id: c for c in CASES}
+
+
+@dataclass(frozen=True)
+class Target:
+    """``postage`` case's metric compared with ``peer``'s (a ratio) or with an absolute limit."""
+
+    text: str
+    postage: str
+    op: str  # ">=" or "<="
+    bound: float
+    peer: str | None = None  # None: absolute (MiB)
+    reference: bool = False  # the core as a stand-in: informative, not the issue's target
+
+
+TARGETS: list[Target] = [
+    Target("classic message_X publish >= 3x pika", "publish.classic", ">=", 3.0, "publish.pika"),
+    Target("AsyncClient publish (256) >= 1.0x aio-pika (256)", "publish.client.256", ">=", 1.0,
+           "publish.aiopika.256"),
+    Target("AsyncClient publish (256) >= 0.9x aiormq (256)", "publish.client.256", ">=", 0.9,
+           "publish.aiormq.256"),
+    Target("communicator end-to-end >= 4x kiwiPy", "e2e.comm", ">=", 4.0, "e2e.kiwipy"),
+    Target("communicator end-to-end >= 0.9x aio-pika", "e2e.aiocomm", ">=", 0.9, "e2e.aiopika"),
+    Target("RPC p50: communicator <= 0.5x kiwiPy", "rpc.comm", "<=", 0.5, "rpc.kiwipy"),
+    Target("RPC p50: AsyncClient <= 0.9x aio-pika", "rpc.client", "<=", 0.9, "rpc.aiopika"),
+    Target("RPC p50: classic rpc_X <= 1.3x pika", "rpc.classic", "<=", 1.3, "rpc.pika"),
+    Target("64 RPCs in flight: AsyncClient >= 1.2x aio-pika", "rpc64.client", ">=", 1.2,
+           "rpc64.aiopika"),
+    Target("64 RPCs in flight: communicator >= 2.5x kiwiPy", "rpc64.comm", ">=", 2.5,
+           "rpc64.kiwipy"),
+    Target("idle communicator <= 40 MB RSS", "idle.comm", "<=", 40.0),
+    Target("10,000 pending RPCs (communicator) <= 20 MB", "pending.comm", "<=", 20.0),
+    # the core, the path every API is built on: how much headroom the APIs have
+    Target("(core) publish 256 >= 1.0x aio-pika", "publish.core.256", ">=", 1.0,
+           "publish.aiopika.256", reference=True),
+    Target("(core) publish 256 >= 0.9x aiormq", "publish.core.256", ">=", 0.9,
+           "publish.aiormq.256", reference=True),
+    Target("(core) end-to-end >= 0.9x aio-pika", "e2e.core", ">=", 0.9, "e2e.aiopika",
+           reference=True),
+    Target("(core) RPC p50 <= 0.9x aio-pika", "rpc.core", "<=", 0.9, "rpc.aiopika",
+           reference=True),
+    Target("(core) 64 RPCs in flight >= 1.2x aio-pika", "rpc64.core", ">=", 1.2,
+           "rpc64.aiopika", reference=True),
+    Target("(core) idle <= 40 MB RSS", "idle.core", "<=", 40.0, reference=True),
+    Target("(core) 10,000 pending calls <= 20 MB", "pending.core", "<=", 20.0, reference=True),
+]

@@ -1,0 +1,199 @@
+"""The blocking communicator: a thin facade over :class:`AsyncCommunicator` on a portal.
+
+Each verb submits the coroutine of the asyncio communicator to a blocking portal (an event
+loop in a daemon thread) and waits for it with a deadline; futures handed to the caller are
+``concurrent.futures.Future`` objects. No messaging logic lives here.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Communicator", "TaskQueue", "connect"]
+
+import asyncio
+import concurrent.futures
+import functools
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+from .._portal import BlockingPortal, default_portal
+from ._async import AsyncCommunicator, AsyncTaskQueue, Subscriber, open_communicator
+from ._filters import BroadcastFilter
+
+T = TypeVar("T")
+
+
+def _to_concurrent(
+    future: asyncio.Future[T], loop: asyncio.AbstractEventLoop
+) -> concurrent.futures.Future[T]:
+    """A concurrent future following ``future``; cancelling it cancels ``future``."""
+    out: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def copy(done: asyncio.Future[T]) -> None:
+        if out.done():
+            return
+        if done.cancelled():
+            out.cancel()
+            return
+        exc = done.exception()
+        try:
+            if exc is not None:
+                out.set_exception(exc)
+            else:
+                out.set_result(done.result())
+        except concurrent.futures.InvalidStateError:  # cancelled meanwhile by the user
+            pass
+
+    def propagate(done: concurrent.futures.Future[T]) -> None:
+        if done.cancelled() and not loop.is_closed():
+            loop.call_soon_threadsafe(future.cancel)
+
+    future.add_done_callback(copy)
+    out.add_done_callback(propagate)
+    return out
+
+
+class _Facade:
+    _portal: BlockingPortal
+    _timeout: float
+
+    def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        return self._portal.call(fn, *args, timeout=self._timeout)
+
+    def _future(
+        self, fn: Callable[..., Awaitable[asyncio.Future[T] | None]], *args: Any
+    ) -> concurrent.futures.Future[T] | None:
+        async def run() -> concurrent.futures.Future[T] | None:
+            future = await fn(*args)
+            return None if future is None else _to_concurrent(future, self._portal.loop)
+
+        return self._portal.call(run, timeout=self._timeout)
+
+
+class TaskQueue(_Facade):
+    """A durable task queue of a blocking :class:`Communicator`."""
+
+    def __init__(self, queue: AsyncTaskQueue, portal: BlockingPortal, timeout: float) -> None:
+        self._aio = queue
+        self._portal = portal
+        self._timeout = timeout
+
+    @property
+    def name(self) -> str:
+        return self._aio.name
+
+    def task_send(self, task: Any, no_reply: bool = False) -> concurrent.futures.Future[Any] | None:
+        """Queue ``task``; a future of its result (None with ``no_reply``) once confirmed."""
+        return self._future(self._aio.task_send, task, no_reply)
+
+    def add_task_subscriber(self, subscriber: Subscriber, identifier: str | None = None) -> str:
+        """Consume this queue with ``subscriber(comm, body)``; return its identifier."""
+        return self._call(self._aio.add_task_subscriber, subscriber, identifier)
+
+    def remove_task_subscriber(self, identifier: str | Subscriber) -> None:
+        """Stop a subscriber of this queue (by identifier or the callback itself)."""
+        self._call(self._aio.remove_task_subscriber, identifier)
+
+
+class Communicator(_Facade):
+    """kiwiPy-style blocking communicator: tasks, RPC and filtered broadcasts.
+
+    Make one with ``postage.connect(url)``; use it as a context manager (closing waits for
+    running subscribers and outstanding confirms). Subscribers receive this object as
+    ``comm``; plain-function subscribers run in worker threads and may call its blocking
+    verbs; ``async def`` subscribers run on the event loop and should use ``comm.aio``.
+    """
+
+    def __init__(self, comm: AsyncCommunicator, portal: BlockingPortal) -> None:
+        self._aio = comm
+        self._portal = portal
+        self._timeout = comm.options.operation_timeout
+        comm.callback_comm = self
+
+    @property
+    def aio(self) -> AsyncCommunicator:
+        """The asyncio communicator behind this one (for ``async def`` subscribers)."""
+        return self._aio
+
+    def __enter__(self) -> Communicator:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def is_closed(self) -> bool:
+        return self._aio.is_closed()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop subscribers (running ones finish), wait for confirms, disconnect."""
+        if self._aio.is_closed():
+            return
+        wait = (self._aio.options.close_timeout if timeout is None else timeout) + 5.0
+        self._portal.call(self._aio.close, timeout, timeout=wait)
+
+    # tasks
+    def task_queue(self, name: str, prefetch_count: int | None = None) -> TaskQueue:
+        """The durable task queue ``name``."""
+        queue = self._call(self._aio.task_queue, name, prefetch_count)
+        return TaskQueue(queue, self._portal, self._timeout)
+
+    def task_send(self, task: Any, no_reply: bool = False) -> concurrent.futures.Future[Any] | None:
+        """Send ``task`` to the default task queue."""
+        return self._future(self._aio.task_send, task, no_reply)
+
+    def add_task_subscriber(self, subscriber: Subscriber, identifier: str | None = None) -> str:
+        """Subscribe to the default task queue."""
+        return self._call(self._aio.add_task_subscriber, subscriber, identifier)
+
+    def remove_task_subscriber(self, identifier: str | Subscriber) -> None:
+        """Remove a subscriber of the default task queue."""
+        self._call(self._aio.remove_task_subscriber, identifier)
+
+    # RPC
+    def rpc_send(self, recipient_id: str, msg: Any) -> concurrent.futures.Future[Any]:
+        """Send an RPC; a future of the reply. Unroutable at once when nobody listens."""
+        future = self._future(self._aio.rpc_send, recipient_id, msg)
+        assert future is not None
+        return future
+
+    def add_rpc_subscriber(self, subscriber: Subscriber, identifier: str | None = None) -> str:
+        """Answer RPCs sent to ``identifier`` with ``subscriber(comm, body)``."""
+        return self._call(self._aio.add_rpc_subscriber, subscriber, identifier)
+
+    def remove_rpc_subscriber(self, identifier: str | Subscriber) -> None:
+        """Stop answering as ``identifier``."""
+        self._call(self._aio.remove_rpc_subscriber, identifier)
+
+    # broadcasts
+    def broadcast_send(self, body: Any, sender: Any = None, subject: Any = None,
+                       correlation_id: Any = None) -> bool:
+        """Send a broadcast; True once the broker has accepted it."""
+        return self._call(self._aio.broadcast_send, body, sender, subject, correlation_id)
+
+    def add_broadcast_subscriber(self, subscriber: Subscriber | BroadcastFilter,
+                                 identifier: str | None = None) -> str:
+        """Receive broadcasts with a callback or a :class:`BroadcastFilter`."""
+        return self._call(self._aio.add_broadcast_subscriber, subscriber, identifier)
+
+    def remove_broadcast_subscriber(self, identifier: str | Subscriber) -> None:
+        """Stop delivering broadcasts to a subscriber."""
+        self._call(self._aio.remove_broadcast_subscriber, identifier)
+
+
+def connect(url: str | None = None, *, portal: BlockingPortal | None = None,
+            **options: Any) -> Communicator:
+    """Connect to the broker at ``url`` and return a blocking :class:`Communicator`.
+
+    ``url`` defaults to ``POSTAGE_URL`` (or the ``POSTAGE_HOST``... variables); a URL
+    without user name and password (``amqp://localhost``) logs in as guest/guest.
+    ``options`` are :class:`CommunicatorOptions` fields (``rpc_timeout``,
+    ``task_timeout``, ``task_prefetch_count``, ``task_max_attempts``, ``name``...) and
+    connection/core options (``heartbeat``, ``encoder``, ...). The communicator runs on
+    ``portal`` (default: the process-wide one).
+    """
+    chosen = portal or default_portal()
+    opener = functools.partial(open_communicator, url, **options)
+    timeout = float(options.get("connect_timeout", 10.0)) * 3 + 30.0
+    comm = chosen.call(opener, timeout=timeout)
+    return Communicator(comm, chosen)
