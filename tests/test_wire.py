@@ -31,9 +31,9 @@ from postage._envelope import (
 )
 
 ENCODERS = [JsonEncoder(), JsonEncoder(use_orjson=False)]
-INT64 = st.integers(-(2**63), 2**63 - 1)  # wider ints: see test_big_integers_round_trip
+INTS = st.integers(-(2**63), 2**63 - 1) | st.integers(-(10**40), 10**40)  # past 64 bits too
 json_values = st.recursive(
-    st.none() | st.booleans() | INT64 | st.floats(allow_nan=False, allow_infinity=False)
+    st.none() | st.booleans() | INTS | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
     lambda children: st.lists(children, max_size=5)
     | st.dictionaries(st.text(max_size=10), children, max_size=5),
@@ -137,19 +137,46 @@ def test_envelope_round_trip(envelope: dict[str, Any]) -> None:
     assert decode_envelope(body, "application/json") == envelope
 
 
+@pytest.mark.parametrize("encoder", ENCODERS, ids=["orjson", "stdlib"])
 @pytest.mark.parametrize(
-    "encoder",
-    [
-        pytest.param(ENCODERS[0], id="orjson", marks=pytest.mark.xfail(
-            reason="known gap: orjson decodes integers outside 64 bits as floats (lossy)",
-        )),
-        pytest.param(ENCODERS[1], id="stdlib"),
-    ],
+    "value", [-(2**63) - 1, -(2**63), 2**63, 2**64 - 1, 2**64, -(10**30), 10**300]
 )
-@pytest.mark.parametrize("value", [-(2**63) - 1, 2**64, -(10**30)])
 def test_big_integers_round_trip(encoder: JsonEncoder, value: int) -> None:
     decoded = encoder.decode(encoder.encode({"n": value}))["n"]
     assert type(decoded) is int and decoded == value
+    decoded = encoder.decode(f'{{"n": {value}, "pad": [1.5, "x"]}}'.encode())["n"]
+    assert type(decoded) is int and decoded == value
+
+
+@settings(max_examples=400)
+@given(
+    text=st.one_of(
+        json_values.map(json.dumps),
+        st.lists(st.integers() | st.floats(allow_nan=False) | st.text(st.characters(
+            categories=["Nd", "P"]), max_size=25), max_size=8).map(json.dumps),
+        st.text(alphabet='0123456789-+.eE[]{},:" NaInfity', max_size=60),
+    ),
+)
+def test_orjson_and_stdlib_decode_alike(text: str) -> None:
+    """The fast path never changes a value: both decoders agree, value and type."""
+    fast, slow = ENCODERS
+    outcomes = []
+    for encoder in (fast, slow):
+        try:
+            outcomes.append(("ok", encoder.decode(text.encode())))
+        except DecodingError:
+            outcomes.append(("error", None))
+    assert outcomes[0] == outcomes[1]
+    assert repr(outcomes[0]) == repr(outcomes[1])  # 1 vs 1.0 and True vs 1 differ in repr
+
+
+@pytest.mark.parametrize("encoder", ENCODERS, ids=["orjson", "stdlib"])
+@pytest.mark.parametrize(
+    "body", [b"NaN", b"[Infinity]", b'{"a": -Infinity}', b"1e400", b"[-1e999]"]
+)
+def test_non_standard_numbers_are_refused_on_decode(encoder: JsonEncoder, body: bytes) -> None:
+    with pytest.raises(DecodingError):
+        encoder.decode(body)
 
 
 def test_encoders_agree_and_refuse_what_json_cannot_hold() -> None:
@@ -163,19 +190,26 @@ def test_encoders_agree_and_refuse_what_json_cannot_hold() -> None:
                 encoder.encode(bad)
 
 
+class _Float(float):
+    pass
+
+
+@pytest.mark.parametrize("encoder", ENCODERS, ids=["orjson", "stdlib"])
 @pytest.mark.parametrize(
-    "encoder",
-    [
-        pytest.param(ENCODERS[0], id="orjson", marks=pytest.mark.xfail(
-            reason="known gap: orjson writes NaN and infinities as null instead of refusing",
-        )),
-        pytest.param(ENCODERS[1], id="stdlib"),
-    ],
+    "value",
+    [float("nan"), float("inf"), {"x": [float("-inf")]}, {"a": None, "b": (1, float("nan"))},
+     [None, {"deep": [[{"v": _Float("inf")}]]}]],
 )
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), {"x": [float("-inf")]}])
 def test_non_finite_floats_are_refused(encoder: JsonEncoder, value: Any) -> None:
     with pytest.raises(EncodingError):
         encoder.encode(value)
+
+
+def test_null_and_the_word_null_still_take_the_fast_path() -> None:
+    fast = ENCODERS[0]
+    value = {"a": None, "s": "null", "f": [1.5, -0.0, 1e308]}
+    assert fast.encode(value) == b'{"a":null,"s":"null","f":[1.5,-0.0,1e+308]}'  # orjson
+    assert fast.decode(fast.encode(value)) == value
 
 
 # -- fingerprint ------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 __all__ = ["AsyncClient", "Receiver"]
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -117,10 +118,13 @@ class AsyncClient:
         if self._closed:
             return
         self._closed = True
-        for receiver in list(self._receivers):
-            await receiver.cancel(timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # all receivers stop at once: ``timeout`` bounds the whole close
+        await asyncio.gather(*(r.cancel(timeout) for r in list(self._receivers)),
+                             return_exceptions=True)
         if self._core is not None and self._owns_core:
-            await self._core.close(timeout)
+            await self._core.close(max(0.5, deadline - loop.time()))
 
     async def __aenter__(self) -> AsyncClient:
         return await self.open()

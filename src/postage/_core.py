@@ -23,12 +23,12 @@ import functools
 import itertools
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from ._encoding import Encoder, default_encoder
+from ._encoding import Encoder, check_encoder, default_encoder
 from ._envelope import DEFAULT_MAX_SIZE, decode_envelope
 from ._exceptions import (
     ConfigurationError,
@@ -39,6 +39,7 @@ from ._exceptions import (
     RpcBacklogFull,
     RpcTimeout,
 )
+from ._memory import transport_for
 from ._properties import PERSISTENT, Binding, ExchangeSpec, Properties, QueueSpec
 from ._settings import ConnectionSettings
 from ._transport import DIRECT_REPLY_TO, Consumer, Delivery, Transport
@@ -73,12 +74,16 @@ class RetryPolicy:
 
 
 class _PendingCall:
-    __slots__ = ("future", "sent", "timer")
+    __slots__ = ("future", "on_reply", "sent", "timer")
 
-    def __init__(self, future: asyncio.Future[Delivery]) -> None:
+    def __init__(self, future: asyncio.Future[Delivery],
+                 on_reply: Callable[[Delivery], None] | None = None) -> None:
         self.future = future
         self.timer: asyncio.TimerHandle | None = None
         self.sent = False
+        # Set for a scatter/gather call: every reply goes here and the entry stays
+        # pending until ``future`` is done (by max_replies, the deadline or a cancel).
+        self.on_reply = on_reply
 
 
 class Subscription:
@@ -153,16 +158,18 @@ class Core:
         max_message_size: int = DEFAULT_MAX_SIZE,
         max_pending_calls: int = 100_000,
         rpc_timeout: float = 30.0,
-        accept_content_types: frozenset[str] = frozenset(),
+        accept_content_types: Collection[str] = frozenset(),
         max_workers: int | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.settings = settings or ConnectionSettings.from_url(None)
-        self.transport = Transport(self.settings)
-        self.encoder = encoder
+        # ``transport``: another transport (e.g. a MemoryTransport); memory:// URLs get one
+        self.transport = transport if transport is not None else transport_for(self.settings)
+        self.encoder = check_encoder(encoder)  # must declare its content type
         self.max_message_size = max_message_size
         self.max_pending_calls = max_pending_calls
         self.rpc_timeout = rpc_timeout
-        self.accept_content_types = accept_content_types
+        self.accept_content_types = frozenset(accept_content_types)
         self._executor = ThreadPoolExecutor(
             max_workers=max_workers or min(64, (os.cpu_count() or 1) * 8),
             thread_name_prefix="postage-handler",
@@ -187,13 +194,16 @@ class Core:
         if self._closed:
             return
         self._closed = True
-        for sub in list(self._subscriptions):
-            await sub.cancel(timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # all at once: every consumer stops first, then handlers finish in parallel, so
+        # ``timeout`` bounds the whole close, not each subscription
+        await asyncio.gather(*(sub.cancel(timeout) for sub in list(self._subscriptions)))
         for call in list(self._pending.values()):
             if not call.future.done():
                 call.future.set_exception(ConnectionError("the connection was closed"))
         self._pending.clear()
-        await self.transport.close(timeout)
+        await self.transport.close(max(0.5, deadline - loop.time()))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -319,10 +329,14 @@ class Core:
 
     async def _on_reply(self, delivery: Delivery) -> None:
         cid = delivery.correlation_id
-        call = self._pending.pop(cid, None) if cid is not None else None
-        if call is None:
+        call = self._pending.get(cid) if cid is not None else None
+        if cid is None or call is None:
             log.debug("reply with unknown correlation id %r dropped (late or foreign)", cid)
             return
+        if call.on_reply is not None:  # a gather: many replies, the entry stays
+            call.on_reply(delivery)
+            return
+        del self._pending[cid]
         if call.timer is not None:
             call.timer.cancel()
         if not call.future.done():
@@ -392,6 +406,61 @@ class Core:
             call.future.set_exception(RpcTimeout(
                 f"no reply from {exchange!r}/{routing_key!r} within {timeout:g} s"
             ))
+
+    async def gather(
+        self, exchange: str, routing_key: str, body: bytes,
+        properties: Properties | None = None, *, timeout: float,
+        max_replies: int | None = None, mandatory: bool = True,
+        on_reply: Callable[[Delivery], None] | None = None,
+    ) -> list[Delivery]:
+        """Scatter/gather: send one request, collect every reply to it.
+
+        For a routing key that reaches several consumers (a fanout key): replies (same
+        correlation id, direct reply-to) are collected until ``max_replies`` have arrived
+        or ``timeout`` seconds have passed since the call, and returned in arrival order;
+        never an RpcTimeout. ``on_reply`` (if given) is called on the loop as each one
+        arrives. Raises Unroutable at once (with ``mandatory``) when no queue receives
+        the request, ConnectionError when the connection is lost meanwhile (later replies
+        could not arrive), RpcBacklogFull like :meth:`call`. Late replies are dropped.
+        """
+        if max_replies is not None and max_replies < 1:
+            raise ConfigurationError("max_replies must be at least 1")
+        if not self._replies_started:
+            await self._start_replies()
+        if len(self._pending) >= self.max_pending_calls:
+            raise RpcBacklogFull(f"{len(self._pending)} RPC calls are already pending")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        props = properties if properties is not None else Properties()
+        cid = props.correlation_id or self.new_correlation_id()
+        props = replace(props, correlation_id=cid, reply_to=DIRECT_REPLY_TO)
+        replies: list[Delivery] = []
+        done: asyncio.Future[Delivery] = loop.create_future()
+
+        def collect(delivery: Delivery) -> None:
+            if done.done():
+                return
+            replies.append(delivery)
+            if on_reply is not None:
+                on_reply(delivery)
+            if max_replies is not None and len(replies) >= max_replies:
+                done.set_result(delivery)
+
+        call = _PendingCall(done, collect)
+        self._pending[cid] = call
+        done.add_done_callback(functools.partial(self._forget, cid, call))
+        try:
+            await self.publish(exchange, routing_key, body, props, mandatory=mandatory,
+                               timeout=max(0.001, min(timeout, self.settings.publish_timeout)))
+            call.sent = True
+            await asyncio.wait([done], timeout=max(0.0, deadline - loop.time()))
+        finally:
+            if not done.done():
+                done.cancel()  # forgets the call
+        error = None if done.cancelled() else done.exception()
+        if error is not None:  # the connection was lost or the core closed
+            raise error
+        return replies
 
     async def reply(
         self, request: Delivery, body: bytes, properties: Properties | None = None

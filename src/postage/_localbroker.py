@@ -133,6 +133,8 @@ def port_is_free(port: int) -> bool:
     """Can a listener bind ``port`` (on 0.0.0.0 and 127.0.0.1), and nothing answers there?"""
     for host in ("0.0.0.0", "127.0.0.1"):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # as servers do: connections in TIME_WAIT from a stopped node do not count
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, port))
             except OSError:
@@ -596,6 +598,13 @@ class LocalNode:
                 raise LocalBrokerError(
                     f"cannot start {self.node_name}: port {port} is already in use"
                 )
+        if self._process is not None:  # the launcher of a node that died: reap it
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=10)
+            self._process = None
         self._write_files()
         self.pid_file.unlink(missing_ok=True)
         out = self.data_dir / "out.log"

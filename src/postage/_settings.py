@@ -133,9 +133,12 @@ def _check_url(url: str) -> None:
         sp.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError as exc:
         raise ConfigurationError(f"bad broker URL {redact_url(url)}: {exc}") from None
+    if sp.scheme == "memory":  # memory://NAME: an in-memory broker (postage.testing)
+        return
     if sp.scheme not in _SCHEMES:
         raise ConfigurationError(
-            f"broker URL must start with amqp:// or amqps://, not {sp.scheme or 'nothing'}://"
+            "broker URL must start with amqp://, amqps:// or memory://, "
+            f"not {sp.scheme or 'nothing'}://"
         )
     if not sp.hostname:
         raise ConfigurationError(f"broker URL has no host: {redact_url(url)}")

@@ -27,6 +27,11 @@ Groups are given at start or joined and left at runtime with the ``join_group`` 
 ``leave_group`` commands (parameter ``group_name``); both group keys work at runtime
 (a join starts consuming the shared group queue, a leave stops consuming it). The
 ``ping`` RPC answers ``MessageResult(fingerprint)``.
+
+Presence: while its microthread runs, an instance announces itself on the topic exchange
+``postage.presence`` (``online``, a ``heartbeat`` every ``presence_interval`` seconds with
+its groups, ``offline`` on quit, restart or a closed scheduler) and answers presence
+probes; see :mod:`postage._presence`. Set ``presence_interval = None`` to turn it off.
 """
 
 from __future__ import annotations
@@ -38,10 +43,12 @@ __all__ = [
 ]
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 from . import messaging
+from ._classic import _runtime
+from ._presence import PRESENCE_EXCHANGE, PresenceAnnouncer
 
 log = logging.getLogger("postage.classic.application")
 
@@ -60,6 +67,8 @@ class GenericApplication(messaging.MessageProcessor):
     """A processor bound to the standard keys of its name, host, pid and groups."""
 
     exchange_class: ClassVar[type[messaging.Exchange]] = GenericApplicationExchange
+    presence_interval: ClassVar[float | None] = 10.0
+    presence_exchange: ClassVar[str] = PRESENCE_EXCHANGE
 
     def __init__(self, fingerprint: dict[str, Any], vhost: str | None = None,
                  groups: Iterable[str] | None = None, hup: Any = None) -> None:
@@ -72,6 +81,7 @@ class GenericApplication(messaging.MessageProcessor):
         self.hid = {"name": f"{name}@{host}", "flags": auto}
         self.uid = {"name": f"{pid}@{host}", "flags": auto}
         self.groups: list[str] = []
+        self._presence: PresenceAnnouncer | None = None
         self.add_eqk([(self.exchange_class, [
             (self.sid, f"{name}/rr"),
             (self.uid, f"{name}"),
@@ -82,6 +92,40 @@ class GenericApplication(messaging.MessageProcessor):
         ])])
         for group in groups or ():
             self.join_group(group)
+
+    # -- presence (see postage._presence) -------------------------------------------------
+
+    def main(self) -> Iterator[None]:
+        self._presence_start()
+        try:
+            yield from super().main()
+        finally:
+            self._presence_stop()
+
+    def restart(self) -> None:
+        self._presence_stop()  # the new process image says online again
+        super().restart()
+
+    def _presence_start(self) -> None:
+        if self.presence_interval is None or self._presence is not None:
+            return
+        announcer = PresenceAnnouncer(
+            self.consumer.core, self.fingerprint, interval=self.presence_interval,
+            exchange=self.presence_exchange, info=lambda: {"groups": list(self.groups)})
+        try:
+            _runtime.portal().call(announcer.start, timeout=self.consumer.operation_timeout)
+        except Exception as exc:  # presence is best effort: the component works without it
+            log.warning("%s: cannot announce presence: %s", self.name, exc)
+            return
+        self._presence = announcer
+
+    def _presence_stop(self) -> None:
+        announcer, self._presence = self._presence, None
+        if announcer is not None:
+            try:
+                _runtime.portal().call(announcer.stop, timeout=10.0)
+            except Exception as exc:
+                log.warning("%s: cannot announce going offline: %s", self.name, exc)
 
     def _group_queue(self, group: str) -> dict[str, Any]:
         return {"name": f"{self.name}#{group}", "flags": {"auto_delete": True}}

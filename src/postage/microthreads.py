@@ -10,9 +10,14 @@ generator, so a program runs its components with::
         pass
 
 It ends when every microthread has finished (a processor finishes after a ``quit``
-command), when one raises :class:`ExitScheduler`, or on Ctrl-C (KeyboardInterrupt), which
-stops every microthread cleanly. Each step of a processor waits on an event with a short
-timeout, so the loop does not spin; the network work happens on the event loop thread.
+command), when one raises :class:`ExitScheduler`, on Ctrl-C (KeyboardInterrupt), or on
+SIGTERM (while ``main()`` runs in the main thread and the program has not set a SIGTERM
+handler of its own; ``MicroScheduler(handle_sigterm=False)`` turns this off). Each of
+these stops every microthread cleanly: processors stop consuming, let the handler in
+progress finish (up to ``MessageProcessor.shutdown_timeout``) and ack it, and the
+connections are closed after waiting for confirms. Each step of a processor waits on an
+event with a short timeout, so the loop does not spin; the network work happens on the
+event loop thread.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ __all__ = ["ExitScheduler", "MicroScheduler", "MicroThread"]
 
 import contextlib
 import logging
+import signal
 from collections.abc import Generator, Iterator
+
+from ._signals import SignalCatcher
 
 log = logging.getLogger("postage.microthreads")
 
@@ -48,17 +56,24 @@ class MicroThread:
 class MicroScheduler:
     """Runs microthreads round-robin until all have finished."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, handle_sigterm: bool = True) -> None:
         self.microthreads: list[MicroThread] = []
         self._running: list[tuple[MicroThread, Iterator[None]]] = []
+        self.handle_sigterm = handle_sigterm
 
     def add_microthread(self, microthread: MicroThread) -> None:
         self.microthreads.append(microthread)
         self._running.append((microthread, microthread.main()))
 
     def main(self) -> Generator[None, None, None]:
+        catcher = SignalCatcher((signal.SIGTERM,) if self.handle_sigterm else (),
+                                only_default=True)
         try:
+            catcher.__enter__()
             while self._running:
+                if catcher.caught.is_set():
+                    log.info("SIGTERM: stopping %d microthreads", len(self._running))
+                    break
                 for entry in list(self._running):
                     try:
                         next(entry[1])
@@ -76,3 +91,4 @@ class MicroScheduler:
                     with contextlib.suppress(Exception):
                         close()
             self._running.clear()
+            catcher.__exit__(None, None, None)

@@ -63,3 +63,13 @@ async def test_kill_quorum_leader_during_stream(
     cleanup = await open_core([n.url for n in cluster.nodes if n is not leader])
     await cleanup.transport.delete_queue(queue)
     await cleanup.close(2)
+
+
+@pytest.fixture(autouse=True)
+def _heal(cluster: LocalCluster):  # type: ignore[no-untyped-def]
+    """Bring a killed node back, so the session's cluster is whole for the next test."""
+    yield
+    for node in cluster.nodes:
+        if not node.is_running():
+            node.start(timeout=90)
+    assert len(cluster.running_nodes()) == len(cluster.nodes)

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .._core import Core, RetryPolicy, Subscription
-from .._encoding import Encoder, JsonEncoder
+from .._encoding import Encoder, JsonEncoder, check_encoder
 from .._envelope import decode_envelope
 from .._exceptions import ConfigurationError
 from .._properties import Properties
@@ -107,6 +107,10 @@ class GenericConsumer:
     prefetch_count: ClassVar[int] = 1
     retry_policy: ClassVar[RetryPolicy] = RetryPolicy(max_attempts=1)
     operation_timeout: ClassVar[float] = 30.0
+    # Safe decoding: content types read besides the encoder's own (none by default),
+    # and the body size limit (None: the connection's ``max_message_size``).
+    accept_content_types: ClassVar[frozenset[str]] = frozenset()
+    max_message_size: ClassVar[int | None] = None
 
     def __init__(self, eqk: Sequence[Any] | None = None, hup: Any = None,
                  vhost: str | None = None) -> None:
@@ -115,7 +119,7 @@ class GenericConsumer:
         if vhost:
             self.vhost = vhost
         self.core: Core = _runtime.shared_core(self.hup, self.vhost)
-        self.encoder: Encoder = self.encoder_class()
+        self.encoder: Encoder = check_encoder(self.encoder_class())
         if eqk:
             self.eqk = eqk
         self.qk_list: list[tuple[str, str]] = []
@@ -340,6 +344,9 @@ class MessageProcessor(MicroThread):
     consumer_class: ClassVar[type[GenericConsumer]] = GenericConsumer
     _message_handlers: ClassVar[HandlerTable] = {}
     step_wait: ClassVar[float] = 0.05
+    # On stop (quit, Ctrl-C, SIGTERM): how long the handler in progress may still run
+    # before the connection closes (the broker then requeues its message).
+    shutdown_timeout: ClassVar[float] = 30.0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -363,7 +370,7 @@ class MessageProcessor(MicroThread):
         self.consumer.start_consuming(self._dispatch)
 
     def stop_consuming(self) -> None:
-        self.consumer.stop_consuming()
+        self.consumer.stop_consuming(self.shutdown_timeout)
 
     def stop(self, reason: str = "quit") -> None:
         """Ask the processor to stop (thread-safe); its microthread then ends."""
@@ -415,8 +422,12 @@ class MessageProcessor(MicroThread):
             await delivery.nack(requeue=True)  # for another consumer, or our next run
             return
         consumer = self.consumer
-        body = decode_envelope(delivery.body, delivery.content_type, consumer.encoder,
-                               max_size=consumer.core.max_message_size)
+        limit = consumer.max_message_size
+        body = decode_envelope(
+            delivery.body, delivery.content_type, consumer.encoder,
+            max_size=consumer.core.max_message_size if limit is None else limit,
+            accept=consumer.accept_content_types | consumer.core.accept_content_types,
+        )  # DecodingError: the core moves the message to <queue>.dlq ("undecodable")
         category, type_, name = body["category"], body["type"], body["name"]
         handlers = self.handlers_for(category, type_, name)
         log.debug("<-- %s: %s %s %r (%d handlers)", type(self).__name__, category, type_,

@@ -9,7 +9,11 @@ each try waits ``_timeout`` seconds (default ``rpc_timeout`` = 30), and after
 ``_max_retry`` more tries (default ``max_retry`` = 4) it returns a
 ``MessageResultException("TimeoutError", ...)``. ``rpc_queue_X`` (or ``_queue_only=True``)
 returns the name of an exclusive reply queue instead; :meth:`GenericProducer.consume_rpc`
-reads the answer from it.
+reads the answer from it. ``producer.gather_X(...)`` (scatter/gather) sends the RPC of
+``build_rpc_X`` once to a key many instances receive (e.g. ``_key='monitor'``) and returns
+the list of every reply that arrives within ``_timeout`` seconds (default ``rpc_timeout``),
+stopping early after ``_max_replies``; each is a result Message whose ``body['fingerprint']``
+tells who answered; an empty list when nobody answered or no queue receives the request.
 
 All I/O is async code on the shared Core, submitted to the portal: write once, block here.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 __all__ = ["GenericProducer"]
 
 import asyncio
+import contextlib
 import functools
 import logging
 import uuid
@@ -28,7 +33,13 @@ from typing import Any, ClassVar
 from .._core import Core
 from .._encoding import Encoder, JsonEncoder
 from .._envelope import decode_envelope
-from .._exceptions import ConfigurationError, DecodingError, PostageError, RpcTimeout
+from .._exceptions import (
+    ConfigurationError,
+    DecodingError,
+    PostageError,
+    RpcTimeout,
+    Unroutable,
+)
 from .._fingerprint import Fingerprint
 from .._properties import Properties
 from . import _runtime
@@ -178,6 +189,30 @@ class GenericProducer:
                 return MessageResultException(type(exc).__name__, str(exc))
             return self._decode_reply(reply.body, reply.content_type)
 
+    def _gather_send(self, build: Callable[..., Message], *args: Any, **kwds: Any) -> list[Message]:
+        eks = self._get_eks(kwds)
+        timeout = float(kwds.pop("_timeout", self.rpc_timeout))
+        max_replies = kwds.pop("_max_replies", None)
+        message = build(*args, **kwds)
+        body = self._stamp(message)
+        exchange, key = eks[0]
+        core = self._core
+
+        async def gather() -> list[Message]:
+            log.debug("--> %s: gather to (%s, %s)", type(self).__name__, exchange.name, key)
+            try:
+                replies = await core.gather(
+                    exchange.name, key, body, self._properties(), timeout=timeout,
+                    max_replies=None if max_replies is None else int(max_replies),
+                    mandatory=self.mandatory)
+            except Unroutable:
+                return []
+            return [self._decode_reply(r.body, r.content_type) for r in replies]
+
+        result: list[Message] = _runtime.portal().call(
+            gather, timeout=timeout + self.publish_timeout + 5)
+        return result
+
     def _decode_reply(self, body: bytes, content_type: str | None) -> Message:
         try:
             envelope = decode_envelope(body, content_type, self.encoder,
@@ -221,6 +256,11 @@ class GenericProducer:
                 return MessageResultException("TimeoutError", f"no reply within {wait:g} s")
             finally:
                 await consumer.cancel(1.0)
+            # the reply queue served its one reply: drop it (and its registry entry, which
+            # would otherwise be declared again after every reconnection); after a timeout
+            # it stays, for a later consume_rpc
+            with contextlib.suppress(PostageError):
+                await core.transport.delete_queue(queue, timeout=5.0)
             return self._decode_reply(body, content_type)
 
         result: Message = _runtime.portal().call(consume_one, timeout=wait + 15)
@@ -243,7 +283,8 @@ class GenericProducer:
         if name.startswith("__"):
             raise AttributeError(name)
         for prefix, kind, queue_only in (
-            ("rpc_queue_", "rpc", True), ("message_", "message", False), ("rpc_", "rpc", False)
+            ("rpc_queue_", "rpc", True), ("message_", "message", False), ("rpc_", "rpc", False),
+            ("gather_", "rpc", False),
         ):
             if name.startswith(prefix) and len(name) > len(prefix):
                 command = name[len(prefix):]
@@ -252,6 +293,8 @@ class GenericProducer:
                         self, f"build_{kind}_{command}")
                 except AttributeError:
                     build = functools.partial(_default_build, kind, command)
+                if prefix == "gather_":
+                    return functools.partial(self._gather_send, build)
                 if kind == "message":
                     return functools.partial(self._message_send, build)
                 if queue_only:
@@ -268,6 +311,7 @@ class GenericProducer:
                     names.add(f"{kind}_{attr[len(prefix):]}")
                     if kind == "rpc":
                         names.add(f"rpc_queue_{attr[len(prefix):]}")
+                        names.add(f"gather_{attr[len(prefix):]}")
         return sorted(names)
 
 

@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="show errors in full (e.g. broker logs)"
     )
+    parser.add_argument(
+        "--url", default=None,
+        help="broker URL (default: POSTAGE_URL, else POSTAGE_HOST/VHOST/USER/PASSWORD); "
+        "commands that talk to the broker also take it after their name",
+    )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for module_name in _command_modules():
         module = importlib.import_module(module_name)

@@ -26,8 +26,9 @@ import concurrent.futures
 import contextlib
 import inspect
 import logging
+import signal
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import Any
@@ -40,8 +41,11 @@ from .._exceptions import (
     EncodingError,
     PostageError,
     Reject,
+    Unroutable,
 )
 from .._fingerprint import Fingerprint
+from .._gather import GatherReply, gather_replies
+from .._presence import PresenceAnnouncer
 from .._properties import PERSISTENT
 from .._settings import ConnectionSettings
 from .._transport import Consumer, Delivery
@@ -70,6 +74,9 @@ class CommunicatorOptions:
     ``name``: the communicator's name in the fingerprint of the messages it sends.
     ``operation_timeout``: deadline of each blocking call (publish, subscribe...).
     ``close_timeout``: how long closing waits for handlers and confirms.
+    ``task_quorum``: declare task queues as replicated quorum queues (they survive the
+    loss of a cluster node), with ``task_delivery_limit`` as the broker's own poison
+    limit (redeliveries after consumers died, on top of ``task_max_attempts``).
     """
 
     rpc_timeout: float = 60.0
@@ -85,6 +92,8 @@ class CommunicatorOptions:
     name: str | None = None
     operation_timeout: float = 60.0
     close_timeout: float = 30.0
+    task_quorum: bool = False
+    task_delivery_limit: int | None = 20
 
     def __post_init__(self) -> None:
         if self.rpc_timeout <= 0 or (self.task_timeout is not None and self.task_timeout <= 0):
@@ -135,8 +144,13 @@ class AsyncTaskQueue:
 
     async def _declare(self) -> None:
         core = self._comm.core
-        await core.declare_queue(self.name, durable=True)
-        await core.bind(self.name, self._comm.options.task_exchange, self.name)
+        opts = self._comm.options
+        if opts.task_quorum:
+            await core.declare_queue(self.name, quorum=True,
+                                     delivery_limit=opts.task_delivery_limit)
+        else:
+            await core.declare_queue(self.name, durable=True)
+        await core.bind(self.name, opts.task_exchange, self.name)
 
     async def task_send(self, task: Any, no_reply: bool = False) -> asyncio.Future[Any] | None:
         """Queue ``task`` (persistent, mandatory) and return a future of its result once
@@ -218,6 +232,7 @@ class AsyncCommunicator:
         self._broadcast_order = asyncio.Lock()
         self._task_queues: list[AsyncTaskQueue] = []
         self._outstanding: set[asyncio.Future[Any]] = set()
+        self._presence: PresenceAnnouncer | None = None
         self._closed = False
 
     # -- life cycle -------------------------------------------------------------------
@@ -243,17 +258,66 @@ class AsyncCommunicator:
             return
         self._closed = True
         timeout = self.options.close_timeout if timeout is None else timeout
+        if self._presence is not None:
+            await self._presence.stop(timeout=min(timeout, 5.0))
         for future in list(self._outstanding):
             future.cancel()
+        # Every consumer stops at once and their handlers finish in parallel, so that
+        # ``timeout`` bounds the whole close (not each subscriber in turn).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        cancels: list[Awaitable[None]] = []
         for queue in self._task_queues:
-            with contextlib.suppress(PostageError):
-                await queue._cancel_all()
-        for _, consumer, _ in self._rpc.values():
-            await consumer.cancel(timeout)
+            cancels += [sub.cancel(timeout) for _, sub in queue._subscribers.values()]
+            queue._subscribers.clear()
+        cancels += [consumer.cancel(timeout) for _, consumer, _ in self._rpc.values()]
         if self._broadcast_consumer is not None:
-            await self._broadcast_consumer.cancel(timeout)
+            cancels.append(self._broadcast_consumer.cancel(timeout))
+        await asyncio.gather(*cancels, return_exceptions=True)
         if self._owns_core:
-            await self.core.close(timeout)
+            await self.core.close(max(0.5, deadline - loop.time()))
+
+    async def run_until_signal(
+        self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT), *,
+        close_timeout: float | None = None,
+    ) -> int | None:
+        """Serve the subscribers until one of ``signals`` arrives, then :meth:`close`
+        gracefully (stop consuming, let running subscribers finish within
+        ``close_timeout``, ack their tasks, wait for confirms). Return the signal number
+        (None when the communicator was closed otherwise). An explicit opt-in for a
+        program whose main loop this is: it needs the main thread's event loop
+        (``asyncio.run``); the previous signal handlers are restored afterwards."""
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        caught: asyncio.Future[int] = loop.create_future()
+        previous = {sig: signal.getsignal(sig) for sig in signals}
+
+        def on_signal(sig: int) -> None:
+            if not caught.done():
+                log.info("signal %s: closing the communicator gracefully",
+                         signal.Signals(sig).name)
+                caught.set_result(sig)
+
+        try:
+            for sig in signals:
+                loop.add_signal_handler(sig, on_signal, sig)
+        except (RuntimeError, ValueError, NotImplementedError) as exc:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            raise ConfigurationError(
+                f"run_until_signal needs the main thread's event loop: {exc}") from None
+        try:
+            while not self._closed:
+                done, _ = await asyncio.wait({caught}, timeout=1.0)
+                if done:
+                    await self.close(close_timeout)
+                    return caught.result()
+            return None
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+                handler = previous[sig]
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
     async def _declare_exchanges(self) -> None:
         if self._declared:
@@ -357,6 +421,48 @@ class AsyncCommunicator:
         )
         return self._result_future(reply)
 
+    async def rpc_gather(self, recipient_id: str, msg: Any, timeout: float | None = None,
+                         max_replies: int | None = None, *, exchange: str | None = None,
+                         command: str | None = None) -> list[GatherReply]:
+        """Scatter/gather: send ``msg`` once to ``recipient_id`` (a key several servers
+        receive) and return every reply arriving within ``timeout`` seconds (default
+        ``rpc_timeout``), stopping after ``max_replies``. Each :class:`GatherReply` says who
+        answered (``fingerprint``), with ``value``/``error``/``rtt``; never raises
+        RpcTimeout; an empty list when no queue receives the request.
+
+        ``exchange`` (default ``postage.rpc``) and ``command`` (the envelope name, default
+        ``recipient_id``) reach classic components, e.g.
+        ``rpc_gather("worker", None, 2, exchange="generic-application-exchange",
+        command="ping")``.
+        """
+        self._check_open()
+        await self._declare_exchanges()
+        try:
+            return await gather_replies(
+                self.core, exchange or self.options.rpc_exchange, recipient_id,
+                command or recipient_id, msg, fingerprint=self._fingerprint,
+                timeout=self.options.rpc_timeout if timeout is None else timeout,
+                max_replies=max_replies,
+            )
+        except Unroutable:
+            return []
+
+    async def announce(self, fingerprint: Fingerprint | Mapping[str, Any] | None = None,
+                       interval: float = 10.0) -> None:
+        """Opt in to presence: say ``online`` on ``postage.presence`` now, a heartbeat
+        every ``interval`` seconds, ``offline`` on :meth:`close`; answer presence probes.
+        ``fingerprint`` defaults to the communicator's own."""
+        self._check_open()
+        if self._presence is not None:
+            raise ConfigurationError("this communicator announces its presence already")
+        if isinstance(fingerprint, Fingerprint):
+            fp: Mapping[str, Any] = fingerprint.as_dict()
+        else:
+            fp = fingerprint if fingerprint is not None else self._fingerprint
+        announcer = PresenceAnnouncer(self.core, fp, interval=interval)
+        await announcer.start()
+        self._presence = announcer
+
     async def add_rpc_subscriber(self, subscriber: Subscriber,
                                  identifier: str | None = None) -> str:
         """Answer RPCs sent to ``identifier`` with ``subscriber(comm, body)``; return the
@@ -402,8 +508,10 @@ class AsyncCommunicator:
             try:
                 envelope = self.core.decode_envelope(delivery)
             except DecodingError as exc:
-                log.warning("undecodable RPC request to %r dropped: %s", identifier, exc)
+                # the caller learns why at once; the request is kept for inspection
                 await self._reply_exception(delivery, identifier, exc)
+                await self.core.dead_letter(delivery, f"{self.options.rpc_exchange}."
+                                            f"{identifier}", "undecodable", str(exc))
                 return
             try:
                 result = await self._invoke(subscriber, self.callback_comm,
@@ -486,8 +594,9 @@ class AsyncCommunicator:
                 await self.core.transport.delete_queue(queue)
 
     async def _handle_broadcast(self, delivery: Delivery) -> None:
-        # Broadcasts are not retried or dead-lettered: the queue is this communicator's own
-        # and temporary; a failing subscriber is logged and the others still get it.
+        # Broadcasts are not retried: the queue is this communicator's own and temporary;
+        # a failing subscriber is logged and the others still get it. An undecodable one
+        # goes to ``<broadcast exchange>.dlq`` and reaches no subscriber.
         # One broadcast at a time (the lock is fair), so subscribers see them in order.
         async with self._broadcast_order:
             await self._dispatch_broadcast(delivery)
@@ -497,7 +606,10 @@ class AsyncCommunicator:
             try:
                 envelope = self.core.decode_envelope(delivery)
             except DecodingError as exc:
-                log.warning("undecodable broadcast dropped: %s", exc)
+                # to one durable ``<broadcast exchange>.dlq``: the receiving queue is
+                # temporary, a DLQ per communicator would outlive it forever
+                await self.core.dead_letter(delivery, self.options.broadcast_exchange,
+                                            "undecodable", str(exc))
                 return
             body, sender, subject, msg_id = _wire.parse_broadcast(
                 envelope, delivery.correlation_id)
@@ -505,7 +617,11 @@ class AsyncCommunicator:
             for identifier, subscriber in list(self._broadcast_subscribers.items()):
                 target = subscriber
                 if isinstance(subscriber, BroadcastFilter):
-                    if subscriber.is_filtered(sender, subject):
+                    try:
+                        if subscriber.is_filtered(sender, subject):
+                            continue
+                    except Exception:  # a filter value whose == fails on odd input
+                        log.exception("broadcast filter of %r failed; skipped", identifier)
                         continue
                     target = subscriber.subscriber
                 calls.append(self._run_broadcast(identifier, target, body, sender, subject,

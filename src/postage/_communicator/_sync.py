@@ -12,11 +12,17 @@ __all__ = ["Communicator", "TaskQueue", "connect"]
 import asyncio
 import concurrent.futures
 import functools
-from collections.abc import Awaitable, Callable
+import signal
+import threading
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
+from .._exceptions import ConfigurationError
+from .._fingerprint import Fingerprint
+from .._gather import GatherReply
 from .._portal import BlockingPortal, default_portal
+from .._signals import SignalCatcher
 from ._async import AsyncCommunicator, AsyncTaskQueue, Subscriber, open_communicator
 from ._filters import BroadcastFilter
 
@@ -132,6 +138,25 @@ class Communicator(_Facade):
         wait = (self._aio.options.close_timeout if timeout is None else timeout) + 5.0
         self._portal.call(self._aio.close, timeout, timeout=wait)
 
+    def run_until_signal(
+        self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT), *,
+        close_timeout: float | None = None,
+    ) -> int | None:
+        """Block, serving the subscribers, until one of ``signals`` arrives; then close
+        gracefully: stop consuming, let running subscribers finish (up to
+        ``close_timeout``, default ``close_timeout`` of the options) and ack their
+        messages, wait for confirms, disconnect. Return the signal number (None when the
+        communicator was closed otherwise). An explicit opt-in for the program's main
+        loop: call it from the main thread; the previous handlers are restored after."""
+        if threading.current_thread() is not threading.main_thread():
+            raise ConfigurationError("run_until_signal must be called from the main thread")
+        with SignalCatcher(signals) as catcher:
+            while not catcher.caught.wait(0.5):
+                if self.is_closed():
+                    return None
+            self.close(close_timeout)
+        return catcher.signum
+
     # tasks
     def task_queue(self, name: str, prefetch_count: int | None = None) -> TaskQueue:
         """The durable task queue ``name``."""
@@ -156,6 +181,22 @@ class Communicator(_Facade):
         future = self._future(self._aio.rpc_send, recipient_id, msg)
         assert future is not None
         return future
+
+    def rpc_gather(self, recipient_id: str, msg: Any, timeout: float | None = None,
+                   max_replies: int | None = None, *, exchange: str | None = None,
+                   command: str | None = None) -> list[GatherReply]:
+        """Scatter/gather: every reply to one request within ``timeout`` (see
+        :meth:`AsyncCommunicator.rpc_gather`)."""
+        wait = self._aio.options.rpc_timeout if timeout is None else timeout
+        return self._portal.call(
+            functools.partial(self._aio.rpc_gather, recipient_id, msg, timeout, max_replies,
+                              exchange=exchange, command=command),
+            timeout=wait + self._timeout)
+
+    def announce(self, fingerprint: Fingerprint | Mapping[str, Any] | None = None,
+                 interval: float = 10.0) -> None:
+        """Opt in to presence (online now, heartbeats, offline on close)."""
+        self._call(self._aio.announce, fingerprint, interval)
 
     def add_rpc_subscriber(self, subscriber: Subscriber, identifier: str | None = None) -> str:
         """Answer RPCs sent to ``identifier`` with ``subscriber(comm, body)``."""
