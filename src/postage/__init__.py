@@ -40,6 +40,7 @@ from ._exceptions import (
     WrongThreadError,
 )
 from ._fingerprint import Fingerprint
+from ._gather import GatherReply
 from ._properties import Properties
 from ._settings import ConnectionSettings, TlsOptions
 
@@ -61,6 +62,7 @@ __all__ = [
     "Encoder",
     "EncodingError",
     "Fingerprint",
+    "GatherReply",
     "JsonEncoder",
     "MessageTooLarge",
     "NotFound",

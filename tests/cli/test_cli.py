@@ -67,7 +67,8 @@ def test_call_prints_the_result_or_the_remote_error(
     assert result.returncode == 2 and "--param wants KEY=VALUE" in result.stderr
 
 
-def test_join_and_leave_group_and_send(vhost_url: str, components: Components, names: Names) -> None:
+def test_join_and_leave_group_and_send(
+        vhost_url: str, components: Components, names: Names) -> None:
     grp = names("grp")
     c1 = components.start(grp)
     c2 = components.start(grp)
@@ -84,7 +85,8 @@ def test_join_and_leave_group_and_send(vhost_url: str, components: Components, n
     assert run_cli(vhost_url, "ping", grp).pids() == {c1.pid, c2.pid}
 
 
-def test_quit_stops_only_the_targeted_instance(vhost_url: str, components: Components, names: Names) -> None:
+def test_quit_stops_only_the_targeted_instance(
+        vhost_url: str, components: Components, names: Names) -> None:
     quitter = names("quitter")
     q1 = components.start(quitter)
     q2 = components.start(quitter)
@@ -100,7 +102,8 @@ def test_quit_stops_only_the_targeted_instance(vhost_url: str, components: Compo
     assert result.returncode == 2 and "nobody receives key" in result.stderr
 
 
-def test_restart_reexecutes_the_component(vhost_url: str, components: Components, names: Names) -> None:
+def test_restart_reexecutes_the_component(
+        vhost_url: str, components: Components, names: Names) -> None:
     phoenix = names("phoenix")
     r1 = components.start(phoenix)
     other = components.start(phoenix)

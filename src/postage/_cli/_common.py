@@ -26,7 +26,7 @@ import argparse
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -34,7 +34,7 @@ from postage._core import Core, open_core
 from postage._envelope import build_envelope
 from postage._exceptions import ConfigurationError, PostageError, Unroutable
 from postage._fingerprint import Fingerprint
-from postage._settings import ConnectionSettings, redact_url
+from postage._settings import ConnectionSettings
 
 DEFAULT_EXCHANGE = "generic-application-exchange"  # GenericApplicationExchange.name
 EXIT_FAILED = 1  # the command ran but the answer is "no" (remote error, nobody answered)
@@ -62,7 +62,8 @@ def fingerprint(settings: ConnectionSettings) -> dict[str, Any]:
 
     path = urlsplit(settings.urls[0]).path
     vhost = unquote(path[1:]) if len(path) > 1 else "/"
-    return Fingerprint(vhost=vhost, **CLI_FINGERPRINT).as_dict()
+    return Fingerprint(name=CLI_FINGERPRINT["name"], type=CLI_FINGERPRINT["type"],
+                       vhost=vhost).as_dict()
 
 
 @asynccontextmanager
@@ -90,7 +91,7 @@ def _configure_logging(verbose: bool) -> None:
         root.setLevel(logging.CRITICAL + 1)
 
 
-def run(main: Callable[[], Awaitable[int]]) -> int:
+def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     return asyncio.run(main())
 
 
@@ -149,6 +150,3 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def shown_url(core: Core) -> str:
-    return redact_url(core.transport.url if getattr(core.transport, "url", None)
-                      else core.settings.urls[0])

@@ -32,7 +32,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from postage._cli import _common
 from postage._core import Core
-from postage._exceptions import NotFound, PostageError
+from postage._exceptions import ConfigurationError, NotFound, PostageError
 from postage._presence import PresenceWatcher
 from postage._settings import redact_url
 
@@ -90,6 +90,8 @@ class Management:
         vhost = unquote(sp.path[1:]) if len(sp.path) > 1 else "/"
         if base is None:
             base = f"http://{sp.hostname or '127.0.0.1'}:15672"
+        if urlsplit(base).scheme not in ("http", "https"):
+            raise ConfigurationError(f"--management-url must be http(s)://, not {base!r}")
         return cls(base.rstrip("/"), unquote(sp.username or "guest"),
                    unquote(sp.password or "guest"), vhost)
 
@@ -99,7 +101,7 @@ class Management:
         request = urllib.request.Request(url)
         token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
             data = json.loads(response.read())
         return parse_management_queues(data)
 
