@@ -20,6 +20,7 @@ __all__ = ["Core", "RetryPolicy", "Subscription"]
 import asyncio
 import contextlib
 import functools
+import heapq
 import itertools
 import logging
 import os
@@ -74,16 +75,32 @@ class RetryPolicy:
 
 
 class _PendingCall:
-    __slots__ = ("future", "on_reply", "sent", "timer")
+    # Small on purpose (10,000 pending calls must stay under 20 MB): no timer handle
+    # per call, the core's one deadline heap expires them (see Core._sweep_deadlines).
+    __slots__ = ("cid", "deadline", "exchange", "future", "on_reply", "pending",
+                 "routing_key", "sent", "timeout", "transform")
 
-    def __init__(self, future: asyncio.Future[Delivery],
+    def __init__(self, future: asyncio.Future[Any],
                  on_reply: Callable[[Delivery], None] | None = None) -> None:
         self.future = future
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline: float | None = None
+        self.exchange = ""
+        self.routing_key = ""
+        self.timeout = 0.0
+        self.transform: Callable[[Delivery], Any] | None = None
         self.sent = False
         # Set for a scatter/gather call: every reply goes here and the entry stays
         # pending until ``future`` is done (by max_replies, the deadline or a cancel).
         self.on_reply = on_reply
+        self.cid = ""
+        self.pending: dict[str, _PendingCall] | None = None
+
+    def __call__(self, _future: asyncio.Future[Any]) -> None:
+        """Done callback of ``future``: leave the pending calls (the call object itself
+        is the callback, so none is allocated per call)."""
+        pending = self.pending
+        if pending is not None and pending.get(self.cid) is self:
+            del pending[self.cid]
 
 
 class Subscription:
@@ -175,6 +192,11 @@ class Core:
             thread_name_prefix="postage-handler",
         )
         self._pending: dict[str, _PendingCall] = {}
+        # (deadline, correlation id) of pending calls, swept by ONE timer armed for the
+        # earliest; entries of answered calls are dropped lazily (and compacted).
+        self._deadline_heap: list[tuple[float, str]] = []
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_at = 0.0
         self._cid_prefix = os.urandom(6).hex()
         self._cid_counter = itertools.count(1)
         self._replies_started = False
@@ -203,6 +225,10 @@ class Core:
             if not call.future.done():
                 call.future.set_exception(ConnectionError("the connection was closed"))
         self._pending.clear()
+        self._deadline_heap.clear()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         await self.transport.close(max(0.5, deadline - loop.time()))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -215,8 +241,6 @@ class Core:
         lost = [cid for cid, call in self._pending.items() if call.sent]
         for cid in lost:
             call = self._pending.pop(cid)
-            if call.timer is not None:
-                call.timer.cancel()
             if not call.future.done():
                 call.future.set_exception(ConnectionError(
                     "the connection was lost while waiting for the reply; "
@@ -337,10 +361,18 @@ class Core:
             call.on_reply(delivery)
             return
         del self._pending[cid]
-        if call.timer is not None:
-            call.timer.cancel()
-        if not call.future.done():
-            call.future.set_result(delivery)
+        future = call.future
+        if future.done():
+            return
+        if call.transform is None:
+            future.set_result(delivery)
+            return
+        try:
+            value = call.transform(delivery)
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(value)
 
     async def call(
         self, exchange: str, routing_key: str, body: bytes,
@@ -353,24 +385,41 @@ class Core:
         ``rpc_timeout``), Unroutable at once when no queue receives the request,
         RpcBacklogFull when too many calls are pending.
         """
-        future = await self.request(
-            exchange, routing_key, body, properties, timeout=timeout, mandatory=mandatory
+        cid, future = await self._request(
+            exchange, routing_key, body, properties, timeout, mandatory, None, False
         )
-        return await future  # cancelling the caller cancels the future: the call is forgotten
+        try:
+            reply: Delivery = await future
+        except asyncio.CancelledError:
+            self._pending.pop(cid, None)  # the caller gave up: forget the call
+            raise
+        return reply
 
     async def request(
         self, exchange: str, routing_key: str, body: bytes,
         properties: Properties | None = None, *, timeout: float | None = None,
-        mandatory: bool = True,
-    ) -> asyncio.Future[Delivery]:
+        mandatory: bool = True, transform: Callable[[Delivery], Any] | None = None,
+    ) -> asyncio.Future[Any]:
         """Send a request; once the broker has confirmed it, return a future of the reply.
 
         Split from :meth:`call` for APIs that hand the caller a future (the communicator):
         publishing errors (Unroutable, ...) are raised here, at once; the future fails with
         RpcTimeout after ``timeout`` seconds (default ``rpc_timeout``). Cancelling the
         future forgets the call. The confirm itself is awaited for at most
-        ``min(timeout, publish_timeout)``.
+        ``min(timeout, publish_timeout)``. With ``transform``, the future holds
+        ``transform(reply)`` instead (or what it raised): an API decoding replies needs
+        no second future chained to this one.
         """
+        _cid, future = await self._request(
+            exchange, routing_key, body, properties, timeout, mandatory, transform, True
+        )
+        return future
+
+    async def _request(
+        self, exchange: str, routing_key: str, body: bytes, properties: Properties | None,
+        timeout: float | None, mandatory: bool, transform: Callable[[Delivery], Any] | None,
+        forget_on_cancel: bool,
+    ) -> tuple[str, asyncio.Future[Any]]:
         if not self._replies_started:
             await self._start_replies()
         if len(self._pending) >= self.max_pending_calls:
@@ -380,32 +429,65 @@ class Core:
         props = properties if properties is not None else Properties()
         cid = props.correlation_id or self.new_correlation_id()
         props = replace(props, correlation_id=cid, reply_to=DIRECT_REPLY_TO)
-        future: asyncio.Future[Delivery] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
         call = _PendingCall(future)
+        call.transform = transform
+        call.exchange = exchange
+        call.routing_key = routing_key
+        call.timeout = timeout
         self._pending[cid] = call
-        call.timer = loop.call_later(timeout, self._expire, cid, exchange, routing_key, timeout)
-        future.add_done_callback(functools.partial(self._forget, cid, call))
+        self._add_deadline(loop, cid, call, loop.time() + timeout)
+        if forget_on_cancel:  # (call() forgets by itself: no callback at all)
+            call.cid = cid
+            call.pending = self._pending
+            future.add_done_callback(call)
         try:
             await self.publish(exchange, routing_key, body, props, mandatory=mandatory,
                                timeout=min(timeout, self.settings.publish_timeout))
         except BaseException:
+            self._forget(cid, call, future)
             future.cancel()
             raise
         call.sent = True
-        return future
+        return cid, future
 
-    def _forget(self, cid: str, call: _PendingCall, _future: asyncio.Future[Delivery]) -> None:
+    def _forget(self, cid: str, call: _PendingCall, _future: asyncio.Future[Any]) -> None:
         if self._pending.get(cid) is call:
             del self._pending[cid]
-        if call.timer is not None:
-            call.timer.cancel()
 
-    def _expire(self, cid: str, exchange: str, routing_key: str, timeout: float) -> None:
-        call = self._pending.pop(cid, None)
-        if call is not None and not call.future.done():
-            call.future.set_exception(RpcTimeout(
-                f"no reply from {exchange!r}/{routing_key!r} within {timeout:g} s"
-            ))
+    def _add_deadline(self, loop: asyncio.AbstractEventLoop, cid: str, call: _PendingCall,
+                      deadline: float) -> None:
+        call.deadline = deadline
+        heap = self._deadline_heap
+        if len(heap) > 2 * len(self._pending) + 64:  # mostly answered calls: compact
+            heap[:] = [(c.deadline, k) for k, c in self._pending.items()
+                       if c.deadline is not None and k != cid]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (deadline, cid))
+        if self._deadline_timer is None or deadline < self._deadline_at:
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
+            self._deadline_at = deadline
+            self._deadline_timer = loop.call_at(deadline, self._sweep_deadlines)
+
+    def _sweep_deadlines(self) -> None:
+        self._deadline_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time() + 0.001  # timers may fire a hair early
+        heap = self._deadline_heap
+        while heap and heap[0][0] <= now:
+            deadline, cid = heapq.heappop(heap)
+            call = self._pending.get(cid)
+            if call is not None and call.deadline == deadline:
+                del self._pending[cid]
+                if not call.future.done():
+                    call.future.set_exception(RpcTimeout(
+                        f"no reply from {call.exchange!r}/{call.routing_key!r} "
+                        f"within {call.timeout:g} s"
+                    ))
+        if heap and not self._closed:
+            self._deadline_at = heap[0][0]
+            self._deadline_timer = loop.call_at(self._deadline_at, self._sweep_deadlines)
 
     async def gather(
         self, exchange: str, routing_key: str, body: bytes,
@@ -474,8 +556,15 @@ class Core:
         cid = request.correlation_id
         if cid is not None and props.correlation_id != cid:
             props = replace(props, correlation_id=cid)
+        if len(body) > self.max_message_size:
+            log.warning("cannot send a reply to %r: %d bytes is over the limit", reply_to,
+                        len(body))
+            return False
         try:
-            await self.publish("", reply_to, body, props, mandatory=False)
+            # No confirm awaited (a reply to direct reply-to is transient and not kept by
+            # the broker anyway): the frame is queued before the request's ack, so a link
+            # that drops loses both and the request is delivered again.
+            await self.transport.publish_transient("", reply_to, body, props)
         except PostageError as exc:
             log.warning("cannot send a reply to %r: %s", reply_to, exc)
             return False

@@ -54,7 +54,7 @@ from ._exceptions import (
     ChannelError,
     ConfigurationError,
     ConnectionClosed,
-    ConnectionError,
+    EncodingError,
     NotFound,
     PreconditionFailed,
     Unroutable,
@@ -143,8 +143,8 @@ def _wire_copy(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.replace(microsecond=0)
     # the real transport fails the same way (the AMQP client cannot encode the value)
-    raise ConnectionError(
-        f"connection to the broker failed: header value of unsupported type "
+    raise EncodingError(
+        f"cannot encode the message's properties: header value of unsupported type "
         f"{type(value).__name__}: {value!r}"
     )
 
@@ -1036,6 +1036,14 @@ class MemoryTransport(Transport):
             props = replace(props, reply_to=self._reply_address)
         self._broker.publish(self, exchange, routing_key, body, props, mandatory)
         await asyncio.sleep(0)  # the confirm's round trip: let consumers run
+
+    async def publish_transient(
+        self, exchange: str, routing_key: str, body: bytes, properties: Properties | None = None,
+        *, timeout: float | None = None,
+    ) -> None:
+        """Like the real transport's (no confirm): routed at once, never mandatory."""
+        await self.publish(exchange, routing_key, body, properties, mandatory=False,
+                           timeout=timeout)
 
     # -- consuming ----------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from ._exceptions import (
     ConnectionClosed,
     ConnectionError,
     DeliveryTimeout,
+    EncodingError,
     NotFound,
     PostageError,
     PreconditionFailed,
@@ -123,6 +124,17 @@ async def _bind_on(channel: Any, binding: Binding) -> Any:
         binding.queue, binding.exchange, routing_key=binding.routing_key,
         arguments=dict(binding.arguments) or None,
     )
+
+
+def _fail_unconfirmed(channel: Any) -> None:
+    """Fail the confirms still awaited on a dead publisher channel (they are retried)."""
+    if channel is None:
+        return
+    for confirmation in list(channel.confirmations.values()):
+        if isinstance(confirmation, asyncio.Future) and not confirmation.done():
+            confirmation.set_exception(
+                amqp_errors.ChannelInvalidStateError("connection lost before the confirm")
+            )
 
 
 async def _close_quietly(channel: Any) -> None:
@@ -440,6 +452,7 @@ class Transport:
         self._connection: Any = None
         self._control: Any = None
         self._publisher: Any = None
+        self._replier: Any = None  # no confirms: replies (see publish_transient)
         self._ready = asyncio.Event()
         self._closed = False
         self._failure: PostageError | None = None
@@ -641,6 +654,8 @@ class Transport:
             if connection.closing.done() and not connection.closing.cancelled():
                 reason = connection.closing.exception()
             self._ready.clear()
+            lost_publisher = self._publisher
+            _fail_unconfirmed(lost_publisher)
             if not self.settings.reconnect:
                 self._failure = ConnectionClosed(f"connection lost: {reason}")
                 self._closed = True
@@ -665,6 +680,9 @@ class Transport:
                     continue
                 break
             self.reconnections += 1
+            # A publish that raced the loss may have registered its confirm on the dead
+            # channel after the client library failed the others: fail it too, it is sent again.
+            _fail_unconfirmed(lost_publisher)
             log.warning("reconnected to %s; topology and consumers restored",
                         redact_url(self.url or ""))
             self._ready.set()
@@ -918,6 +936,8 @@ class Transport:
                 continue
             except PostageError:
                 raise
+            except TypeError as exc:  # the AMQP client cannot encode a property value
+                raise EncodingError(f"cannot encode the message's properties: {exc}") from None
             except Exception as exc:
                 if self._closed:
                     raise self._failure or ConnectionClosed("the connection is closed") from None
@@ -932,6 +952,56 @@ class Transport:
             if isinstance(result, spec.Basic.Nack):
                 raise PublishNacked(f"the broker nacked a message to {exchange!r}/{routing_key!r}")
             raise Unroutable(exchange, routing_key)
+
+    async def publish_transient(
+        self, exchange: str, routing_key: str, body: bytes, properties: Properties | None = None,
+        *, timeout: float | None = None,
+    ) -> None:
+        """Send without confirm, on a channel of its own (e.g. an RPC reply to direct
+        reply-to, which the broker does not keep anyway).
+
+        Returns once the frame is queued on the connection, ahead of anything written
+        after it on any channel (an ack of the request, say): if the link drops before
+        it reaches the broker, so does the ack and the request comes again. Waits for a
+        lost connection to come back (up to ``timeout``, default ``publish_timeout``).
+        Raises ConnectionError when it cannot be sent.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout if timeout is not None else self.settings.publish_timeout)
+        message_id = f"{self._message_id_prefix}{next(self._message_ids)}"
+        amqp_properties = _to_amqp(properties, message_id)
+        while True:
+            if not self._ready.is_set() or self._closed:
+                await self._wait_ready(deadline)
+            channel = self._replier
+            try:
+                if channel is None or channel.is_closed:
+                    channel = await self._open_replier(channel)
+                await channel.basic_publish(
+                    body, exchange=exchange, routing_key=routing_key,
+                    properties=amqp_properties, timeout=None, wait=False,
+                )
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._closed:
+                    raise self._failure or ConnectionClosed("the connection is closed") from None
+                if loop.time() >= deadline or not (
+                    _is_link_failure(exc) or isinstance(exc, amqp_errors.ChannelClosed)
+                ):
+                    raise ConnectionError(f"cannot send to {routing_key!r}: {exc}") from None
+                await asyncio.sleep(0.01)
+
+    async def _open_replier(self, old: Any) -> Any:
+        async with self._publisher_lock:
+            current = self._replier
+            if current is not old and current is not None and not current.is_closed:
+                return current
+            if self._connection is None or self._connection.is_closed:
+                raise amqp_errors.ChannelInvalidStateError("connection closed")
+            self._replier = await self._connection.channel(publisher_confirms=False)
+            return self._replier
 
     async def _reopen_publisher(self, old: Any) -> Any:
         async with self._publisher_lock:

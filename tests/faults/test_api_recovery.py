@@ -17,8 +17,8 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -126,9 +126,11 @@ class ProbedApplication(generic_application.GenericApplication):
         self.tally.record(int(content["parameters"]["args"][0]))
 
 
-@contextmanager
-def scheduled(*processors: messaging.MessageProcessor) -> Iterator[None]:
-    """Run ``processors`` in a MicroScheduler in a thread, as a classic program would."""
+@asynccontextmanager
+async def scheduled(*processors: messaging.MessageProcessor) -> AsyncIterator[None]:
+    """Run ``processors`` in a MicroScheduler in a thread, as a classic program would.
+    (Joined from a worker thread: the proxy lives on this test's event loop and must
+    keep forwarding while the processors stop.)"""
     scheduler = microthreads.MicroScheduler()
     for processor in processors:
         scheduler.add_microthread(processor)
@@ -139,7 +141,7 @@ def scheduled(*processors: messaging.MessageProcessor) -> Iterator[None]:
     finally:
         for processor in processors:
             processor.stop()
-        thread.join(20)
+        await asyncio.to_thread(thread.join, 20)
         assert not thread.is_alive(), "the scheduler did not stop"
 
 
@@ -169,7 +171,7 @@ async def test_classic_producer_to_processor_through_faults(
     scenario = "proxy cut x3" if kind == "cut" else "close_all_connections x2"
     after = (300, 900, 1500) if kind == "cut" else (500, 1300)
     try:
-        with scheduled(processor):
+        async with scheduled(processor):
             fig = await drive_stream(scenario, "classic", send, tally, count=2000,
                                      fault=_fault(kind, proxy, fault_broker),
                                      fault_after=after, concurrency=8, deadline=45)
@@ -221,7 +223,7 @@ async def test_classic_runtime_group_join_survives_reconnect(
         return await tally.wait(3.0)
 
     try:
-        with scheduled(app):
+        async with scheduled(app):
             await asyncio.to_thread(producer.message_join_group, "g", _key=f"{os.getpid()}@{host}")
             await _eventually("group join", lambda: probe(f"{name}#g/rr"))
             assert "g" in app.groups
@@ -242,7 +244,7 @@ async def test_classic_runtime_group_join_survives_reconnect(
     fig.duplicates = sum(n - 1 for n in seen.values())
     _report(figures_log, fig)
     assert reconnections >= 1
-    assert fig.delivered >= 4 and fig.lost <= fig.publish_errors
+    assert fig.delivered >= 4 and fig.lost == 0, fig.line()
 
 
 # ---------------------------------------------------------------------------------------
@@ -361,8 +363,8 @@ async def test_communicator_rpc_and_broadcast_across_cuts(
     _report(figures_log, fig)
     assert fig.faults == 2
     assert max(durations) <= bound, fig.notes
-    assert fig.confirmed + fig.publish_errors == fig.sent
-    assert fig.confirmed >= fig.sent * 0.8, fig.line()
+    assert fig.confirmed + fig.publish_errors == fig.sent  # each call answered or raised
+    assert fig.confirmed >= 80, fig.line()  # the calls before the first cut, at least
     assert broadcasts["after-cut"] >= 1
 
 
@@ -440,8 +442,8 @@ async def test_client_rpc_across_cuts(
     _report(figures_log, fig)
     assert fig.faults == 2
     assert max(durations) <= bound, fig.notes
-    assert fig.confirmed + fig.publish_errors == fig.sent
-    assert fig.confirmed >= fig.sent * 0.8, fig.line()
+    assert fig.confirmed + fig.publish_errors == fig.sent  # each call answered or raised
+    assert fig.confirmed >= 200, fig.line()  # the calls before the first cut, at least
     assert set(errors) <= {"ConnectionError", "Unroutable", "RpcTimeout", "DeliveryTimeout"}
 
 

@@ -13,6 +13,7 @@ import pytest
 from postage import (
     ChannelError,
     ConnectionClosed,
+    EncodingError,
     NotFound,
     PreconditionFailed,
     Properties,
@@ -21,7 +22,6 @@ from postage import (
     RpcTimeout,
     Unroutable,
 )
-from postage import ConnectionError as PostageConnectionError
 from postage._core import (
     HEADER_ATTEMPTS,
     HEADER_ERROR,
@@ -104,7 +104,7 @@ async def test_publish_consume_round_trip(core: Core, names: Names) -> None:
 async def test_header_values_the_wire_cannot_carry_fail(core: Core, names: Names) -> None:
     queue = await queue_with(core, names)
     for bad in (("a", 1), b"bytes", object()):
-        with pytest.raises(PostageConnectionError):
+        with pytest.raises(EncodingError):
             await core.publish("", queue, b"x", Properties(headers={"bad": bad}))
     assert await ready(core, queue) == 0
 

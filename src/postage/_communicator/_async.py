@@ -232,6 +232,7 @@ class AsyncCommunicator:
         self._broadcast_order = asyncio.Lock()
         self._task_queues: list[AsyncTaskQueue] = []
         self._outstanding: set[asyncio.Future[Any]] = set()
+        self._forget_outstanding = self._outstanding.discard  # one bound method for all
         self._presence: PresenceAnnouncer | None = None
         self._closed = False
 
@@ -376,8 +377,9 @@ class AsyncCommunicator:
             return None
         timeout = self.options.task_timeout
         reply = await self.core.request(exchange, queue, body, props,
-                                        timeout=NO_DEADLINE if timeout is None else timeout)
-        return self._result_future(reply)
+                                        timeout=NO_DEADLINE if timeout is None else timeout,
+                                        transform=self._result_value)
+        return self._track(reply)
 
     async def _handle_task(self, queue: str, subscriber: Subscriber, delivery: Delivery) -> None:
         # Only the final failure is reported to the sender: earlier ones are retried.
@@ -418,8 +420,9 @@ class AsyncCommunicator:
         reply = await self.core.request(
             self.options.rpc_exchange, recipient_id, self.core.encode(envelope),
             self.core.properties(), timeout=self.options.rpc_timeout,
+            transform=self._result_value,
         )
-        return self._result_future(reply)
+        return self._track(reply)
 
     async def rpc_gather(self, recipient_id: str, msg: Any, timeout: float | None = None,
                          max_replies: int | None = None, *, exchange: str | None = None,
@@ -675,35 +678,16 @@ class AsyncCommunicator:
             body = self.core.encode(envelope)
         await self.core.reply(delivery, body, self.core.properties())
 
-    def _result_future(self, reply: asyncio.Future[Delivery]) -> asyncio.Future[Any]:
-        result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    def _result_value(self, reply: Delivery) -> Any:
+        """The value of a result envelope (RemoteError etc. raised), run by the core on
+        the reply: the core's future is the caller's, with no second future chained."""
+        return _wire.result_value(self.core.decode_envelope(reply))
 
-        def on_reply(done: asyncio.Future[Delivery]) -> None:
-            if result.done():
-                return
-            if done.cancelled():
-                result.cancel()
-                return
-            exc = done.exception()
-            if exc is not None:
-                result.set_exception(exc)
-                return
-            try:
-                value = _wire.result_value(self.core.decode_envelope(done.result()))
-            except Exception as error:
-                result.set_exception(error)
-            else:
-                result.set_result(value)
-
-        def on_result(done: asyncio.Future[Any]) -> None:
-            self._outstanding.discard(done)
-            if done.cancelled():
-                reply.cancel()
-
-        reply.add_done_callback(on_reply)
-        result.add_done_callback(on_result)
-        self._outstanding.add(result)
-        return result
+    def _track(self, future: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        # cancelled on close; cancelling it (caller or close) makes the core forget it
+        self._outstanding.add(future)
+        future.add_done_callback(self._forget_outstanding)
+        return future
 
 
 async def open_communicator(url: str | None = None, **options: Any) -> AsyncCommunicator:
