@@ -11,6 +11,7 @@ __all__ = ["BlockingPortal", "default_portal"]
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -29,6 +30,52 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+class _Call:
+    """One :meth:`BlockingPortal.call`: started on the loop, awaited with a plain lock."""
+
+    __slots__ = ("args", "cancelled", "exception", "fn", "lock", "result", "task")
+
+    def __init__(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
+        self.lock = threading.Lock()
+        self.lock.acquire()  # released (once) when the outcome is known
+        self.task: asyncio.Future[Any] | None = None
+        self.result: Any = None
+        self.exception: BaseException | None = None
+        self.cancelled = False
+
+    def start(self) -> None:
+        """On the loop: create the coroutine and run it as a task."""
+        if self.cancelled:
+            return
+        try:
+            self.task = asyncio.ensure_future(self.fn(*self.args))
+        except BaseException as exc:  # fn raised before returning an awaitable
+            self.exception = exc
+            self.lock.release()
+            return
+        self.fn = self.args = None  # type: ignore[assignment]
+        self.task.add_done_callback(self.finish)
+
+    def finish(self, task: asyncio.Future[Any]) -> None:
+        """The task's done callback (on the loop): store its outcome, wake the caller."""
+        if task.cancelled():
+            self.exception = ConnectionClosed("the call was cancelled")
+        else:
+            self.exception = task.exception()
+            if self.exception is None:
+                self.result = task.result()
+        self.task = None
+        self.lock.release()
+
+    def cancel(self) -> None:
+        """On the loop, after a timeout or interruption of the caller."""
+        self.cancelled = True
+        if self.task is not None:
+            self.task.cancel()
+
+
 class BlockingPortal:
     """Runs an event loop in a daemon thread and lets other threads call into it."""
 
@@ -39,6 +86,7 @@ class BlockingPortal:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         self._started.wait()
+        self._thread_id = self._thread.ident
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -66,21 +114,47 @@ class BlockingPortal:
     def call(
         self, fn: Callable[..., Awaitable[T]], *args: Any, timeout: float | None = None
     ) -> T:
-        """Run ``fn(*args)`` on the loop and wait for its result (at most ``timeout`` s)."""
-        if self.in_loop_thread:
+        """Run ``fn(*args)`` on the loop and wait for its result (at most ``timeout`` s).
+
+        The hot path of every blocking API, so it is kept cheap: one
+        ``call_soon_threadsafe`` starts the coroutine as a task on the loop, whose done
+        callback releases a plain lock the caller waits on (no concurrent future, no
+        chained-future callbacks). A call that times out (or is interrupted) cancels its
+        task.
+        """
+        if threading.get_ident() == self._thread_id:
             raise WrongThreadError(
                 "a blocking Postage call was made from the event loop's own thread "
                 "(inside an async handler?); use the asyncio API there"
             )
-        future: concurrent.futures.Future[T] = self.submit(fn(*args))  # type: ignore[arg-type]
+        if self._stopped:
+            raise ConnectionClosed("the event loop thread has stopped")
+        call = _Call(fn, args)
         try:
-            result: T = future.result(timeout)
-            return result
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise DeliveryTimeout(f"the call did not finish within {timeout:g} s") from None
-        except concurrent.futures.CancelledError:
-            raise ConnectionClosed("the call was cancelled") from None
+            self._loop.call_soon_threadsafe(call.start)
+        except RuntimeError:  # the loop is closed
+            raise ConnectionClosed("the event loop thread has stopped") from None
+        try:
+            finished = call.lock.acquire(True, -1 if timeout is None else timeout)
+        except BaseException:  # KeyboardInterrupt while waiting: don't leave the task running
+            self._cancel(call)
+            raise
+        if not finished:
+            self._cancel(call)
+            raise DeliveryTimeout(f"the call did not finish within {timeout:g} s")
+        exc = call.exception
+        if exc is not None:
+            call.exception = None  # no reference cycle through the traceback
+            try:
+                raise exc
+            finally:
+                exc = None
+        result: T = call.result
+        return result
+
+    def _cancel(self, call: _Call) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop runs nothing anyway
+            self._loop.call_soon_threadsafe(call.cancel)
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run a plain callback on the loop thread."""

@@ -13,6 +13,7 @@ from typing import Any
 import pika
 import pytest
 
+import postage
 from postage import messaging
 from postage._classic import _runtime
 
@@ -235,3 +236,31 @@ def test_blocking_handler_keeps_heartbeats(setup: Any, classic_url: str, classic
         assert messages == 0
     assert len(calls.items) == 1  # no redelivery
     assert core.transport.reconnections == 0  # no disconnect
+
+
+def test_pipelined_messages_all_arrive_and_failures_surface_later(
+        setup: Any, env_url: str) -> None:
+    exchange, queue, calls = setup
+    cls = type("PipelinedProducer", (Producer,), {"eks": [(exchange, "rk")], "pipeline": 8})
+    producer = cls(messaging.Fingerprint("test_producer", "test").as_dict())
+    processor = make_processor(exchange, queue, calls)
+    with running(processor):
+        for i in range(50):
+            producer.message_work(i)
+        producer.flush()  # every message confirmed by now
+        assert sorted(c[1]["args"][0] for c in calls.wait(50)) == list(range(50))
+        # a pipelined message nobody can receive returns at once; flush raises its failure
+        producer.message_work(_key="nobody-listens")
+        with pytest.raises(postage.Unroutable):
+            producer.flush()
+        producer.flush()  # raised once
+        # ... and so does the next call, once the broker has answered
+        producer.message_work(_key="nobody-listens")
+        pipeline = producer._pipeline
+        with pipeline._cond:
+            assert pipeline._cond.wait_for(lambda: pipeline._inflight == 0, 15)
+        with pytest.raises(postage.Unroutable):
+            producer.message_work(50)
+        producer.message_work(51)
+        producer.close()
+        assert {c[1]["args"][0] for c in calls.wait(51)} == set(range(50)) | {51}

@@ -21,6 +21,7 @@ BOOT = uuid.uuid4().hex[:8]
 
 class Component(GenericApplication):
     presence_interval = 0.5
+    restart_mode = os.environ.get("COMPONENT_RESTART_MODE", "exec")
 
     @messaging.RpcHandler("command", "add")
     def msg_add(self, content: Any, reply_func: Any) -> None:

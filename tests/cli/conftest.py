@@ -3,8 +3,10 @@ and the ``postage`` command run as a subprocess against them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
+import signal
 import socket
 import subprocess
 import sys
@@ -108,10 +110,12 @@ class Components:
     def __init__(self, url: str) -> None:
         self.url = url
         self.started: list[Component] = []
+        self.spawned: list[int] = []
 
-    def start(self, name: str, *groups: str) -> Component:
+    def start(self, name: str, *groups: str, restart_mode: str = "exec") -> Component:
+        env = {**cli_env(self.url), "COMPONENT_RESTART_MODE": restart_mode}
         process = subprocess.Popen(
-            [sys.executable, str(COMPONENT), name, *groups], env=cli_env(self.url),
+            [sys.executable, str(COMPONENT), name, *groups], env=env,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         component = Component(name, process, 0, "")
         self.started.append(component)
@@ -121,6 +125,9 @@ class Components:
         return component
 
     def stop_all(self) -> None:
+        for pid in self.spawned:  # components restarted in a new process
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         for component in self.started:
             if component.process.poll() is None:
                 component.process.kill()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 
 import pytest
 
@@ -120,6 +122,32 @@ def test_restart_reexecutes_the_component(
     wait_until(lambda: run_cli(vhost_url, "ping", phoenix).pids() == {r1.pid, other.pid})
     assert run_cli(vhost_url, "call", other.key, "boot").stdout.strip() == json.dumps(
         {"boot": other.boot, "pid": other.pid})
+
+
+def test_restart_in_spawn_mode_comes_back_with_a_new_pid(
+        vhost_url: str, components: Components, names: Names) -> None:
+    phoenix = names("phoenix")
+    r1 = components.start(phoenix, restart_mode="spawn")
+    assert run_cli(vhost_url, "restart", r1.key).returncode == 0
+    line = r1.wait_line("ready")  # the new process writes to the same stdout
+    pid, boot = int(line.split()[1]), line.split()[2]
+    components.spawned.append(pid)
+    assert pid != r1.pid and boot != r1.boot
+    assert r1.process.wait(10) == 0  # the old run ended cleanly
+    wait_until(lambda: run_cli(vhost_url, "ping", phoenix).pids() == {pid})
+    assert json.loads(run_cli(vhost_url, "call", f"{pid}@{socket.gethostname()}",
+                              "boot").stdout) == {"boot": boot, "pid": pid}
+    assert run_cli(vhost_url, "quit", f"{pid}@{socket.gethostname()}").returncode == 0
+    wait_until(lambda: not _alive(pid))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie is not alive
+        return stat.read().split()[2] != "Z"
 
 
 async def _fill(url: str, queue: str, count: int) -> None:

@@ -65,3 +65,27 @@ def test_loop_keeps_running_while_a_caller_blocks(portal: BlockingPortal) -> Non
     future = portal.submit(ticker())
     future.result(5)
     assert ticks == [0, 1, 2, 3, 4]
+
+
+def test_a_timed_out_call_cancels_its_task(portal: BlockingPortal) -> None:
+    cancelled = threading.Event()
+
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    with pytest.raises(DeliveryTimeout):
+        portal.call(slow, timeout=0.1)
+    assert cancelled.wait(5)
+    assert portal.call(asyncio.sleep, 0, "still serving") == "still serving"
+
+
+def test_a_function_failing_before_awaiting_raises_in_the_caller(portal: BlockingPortal) -> None:
+    def not_async() -> None:
+        raise ValueError("sync failure")
+
+    with pytest.raises(ValueError, match="sync failure"):
+        portal.call(not_async)  # type: ignore[arg-type]

@@ -37,6 +37,7 @@ import copy
 import functools
 import logging
 import os
+import subprocess
 import sys
 import threading
 import traceback
@@ -347,6 +348,9 @@ class MessageProcessor(MicroThread):
     # On stop (quit, Ctrl-C, SIGTERM): how long the handler in progress may still run
     # before the connection closes (the broker then requeues its message).
     shutdown_timeout: ClassVar[float] = 30.0
+    # How the default ``restart`` command starts the new run: "exec" (in place, same pid)
+    # or "spawn" (a new process with a new pid; this one exits). See restart().
+    restart_mode: ClassVar[str] = "exec"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -394,12 +398,26 @@ class MessageProcessor(MicroThread):
             self.restart()
 
     def restart(self) -> None:
-        """Replace this process with a new run of the same command line (``os.execv``)."""
-        log.info("restarting: %s", " ".join(sys.orig_argv))
+        """Start a new run of the same command line, as ``restart_mode`` says.
+
+        ``"exec"`` (the default) replaces this process in place (``os.execv``): same pid, so
+        a supervisor, a shell or a test harness keeps its handle on the component.
+        ``"spawn"`` starts a new process (a new pid) with the same command line, environment,
+        working directory and standard streams, then this one exits with status 0.
+        """
+        if self.restart_mode not in ("exec", "spawn"):
+            raise ConfigurationError(
+                f"restart_mode must be 'exec' or 'spawn', not {self.restart_mode!r}"
+            )
+        argv = [sys.executable, *sys.orig_argv[1:]]
+        log.info("restarting (%s): %s", self.restart_mode, " ".join(sys.orig_argv))
         _runtime.close_all()
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+        if self.restart_mode == "spawn":
+            subprocess.Popen(argv)
+            raise SystemExit(0)
+        os.execv(sys.executable, argv)
 
     # -- default handlers ------------------------------------------------------------------
 

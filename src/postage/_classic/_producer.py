@@ -15,6 +15,13 @@ the list of every reply that arrives within ``_timeout`` seconds (default ``rpc_
 stopping early after ``_max_replies``; each is a result Message whose ``body['fingerprint']``
 tells who answered; an empty list when nobody answered or no queue receives the request.
 
+``pipeline = N`` (a class attribute, default 0) is an explicit opt-in for fast one-way
+sending: ``message_X``/``message``/``forward`` then return as soon as the message is handed
+to the event loop, with at most N messages awaiting the broker's confirm (the next send
+blocks while N are). Nothing is lost silently: a failed publish (Unroutable, nack, lost
+connection, ...) is raised by the producer's next call, :meth:`GenericProducer.flush` or
+:meth:`GenericProducer.close`, which also wait until every message is confirmed.
+
 All I/O is async code on the shared Core, submitted to the portal: write once, block here.
 """
 
@@ -23,9 +30,12 @@ from __future__ import annotations
 __all__ = ["GenericProducer"]
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -35,10 +45,13 @@ from .._encoding import Encoder, JsonEncoder
 from .._envelope import decode_envelope
 from .._exceptions import (
     ConfigurationError,
+    ConnectionClosed,
     DecodingError,
+    DeliveryTimeout,
     PostageError,
     RpcTimeout,
     Unroutable,
+    WrongThreadError,
 )
 from .._fingerprint import Fingerprint
 from .._properties import Properties
@@ -65,6 +78,107 @@ async def declare_exchange(core: Core, exchange: type[Exchange]) -> None:
     )
 
 
+class _Pipeline:
+    """The unconfirmed messages of a pipelined producer (``pipeline = N``).
+
+    The sending thread appends to a deque and wakes the loop only when no drain is
+    already scheduled; the loop starts one publish per message, in order, and counts it
+    off when the broker has confirmed it, keeping the first failures for the sender.
+    """
+
+    def __init__(self, core: Core, depth: int, publish_timeout: float) -> None:
+        self._core = core
+        self._depth = depth
+        self._timeout = publish_timeout
+        self._portal = _runtime.portal()
+        self._loop = self._portal.loop
+        self._cond = threading.Condition(threading.Lock())
+        self._inflight = 0
+        self._queue: collections.deque[tuple[list[tuple[str, str]], bytes, Properties, bool]] = (
+            collections.deque())
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._failures: list[BaseException] = []
+
+    # -- sending thread -----------------------------------------------------------------
+
+    def raise_failure(self) -> None:
+        """Raise the first failure of an earlier pipelined message (once)."""
+        if not self._failures:
+            return
+        with self._cond:
+            failures, self._failures = self._failures, []
+        if len(failures) > 1:
+            log.warning("%d more pipelined messages failed; the first is raised",
+                        len(failures) - 1)
+        exc = failures[0]
+        try:
+            raise exc
+        finally:
+            del exc, failures
+
+    def send(self, targets: list[tuple[str, str]], body: bytes, props: Properties,
+             mandatory: bool) -> None:
+        if self._portal.in_loop_thread:
+            raise WrongThreadError("a blocking Postage call was made from the event loop's "
+                                   "own thread; use the asyncio API there")
+        self.raise_failure()
+        with self._cond:
+            if self._inflight >= self._depth:
+                deadline = time.monotonic() + self._timeout
+                while self._inflight >= self._depth:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._cond.wait(left):
+                        raise DeliveryTimeout(
+                            f"no confirm freed a pipeline slot within {self._timeout:g} s")
+            self._inflight += 1
+        self._queue.append((targets, body, props, mandatory))
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop is closed
+                self._queue.clear()
+                with self._cond:
+                    self._inflight = 0
+                raise ConnectionClosed("the event loop thread has stopped") from None
+
+    def flush(self, timeout: float | None) -> None:
+        """Wait until every message is confirmed (or failed), then raise any failure."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._inflight == 0, timeout):
+                raise DeliveryTimeout(
+                    f"{self._inflight} pipelined messages not confirmed within {timeout:g} s")
+        self.raise_failure()
+
+    # -- event loop ---------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        queue, loop = self._queue, self._loop
+        while queue:
+            task = loop.create_task(self._publish(*queue.popleft()))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    async def _publish(self, targets: list[tuple[str, str]], body: bytes, props: Properties,
+                       mandatory: bool) -> None:
+        for exchange, key in targets:
+            await self._core.publish(exchange, key, body, props, mandatory=mandatory,
+                                     timeout=self._timeout)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        failure: BaseException | None = (
+            ConnectionClosed("a pipelined publish was cancelled") if task.cancelled()
+            else task.exception())
+        with self._cond:
+            if failure is not None:
+                self._failures.append(failure)
+            self._inflight -= 1
+            self._cond.notify_all()
+
+
 class GenericProducer:
     """Sends the messages its ``build_*`` methods describe; see the module docstring."""
 
@@ -76,6 +190,8 @@ class GenericProducer:
     max_retry: int = 4
     mandatory: ClassVar[bool] = True
     publish_timeout: ClassVar[float] = 30.0
+    pipeline: ClassVar[int] = 0
+    """Unconfirmed one-way messages allowed in flight; 0: each waits for its confirm."""
 
     def __init__(
         self, fingerprint: dict[str, Any] | None = None, hup: Any = None,
@@ -90,6 +206,9 @@ class GenericProducer:
         self.encoder: Encoder = self.encoder_class()
         self._core = _runtime.shared_core(self.hup, self.vhost)
         self._declared: set[str] = set()
+        self._pipeline: _Pipeline | None = None
+        if self.pipeline < 0:
+            raise ConfigurationError("pipeline must be 0 (wait for each confirm) or more")
         log.debug("producer %s declaring eks %s", type(self).__name__, list(self.eks))
         self._declare([exchange for exchange, _key in self.eks])
 
@@ -133,6 +252,14 @@ class GenericProducer:
 
     def _publish(self, eks: list[EK], body: bytes, what: str) -> None:
         core, props = self._core, self._properties()
+        if self.pipeline:
+            if self._pipeline is None:
+                self._pipeline = _Pipeline(core, self.pipeline, self.publish_timeout)
+            log.debug("--> %s: %s to %s (pipelined)", type(self).__name__, what,
+                      [(exchange.name, key) for exchange, key in eks])
+            self._pipeline.send([(exchange.name, key) for exchange, key in eks], body, props,
+                                self.mandatory)
+            return
 
         async def publish_all() -> None:
             for exchange, key in eks:
@@ -143,6 +270,17 @@ class GenericProducer:
 
         _runtime.portal().call(publish_all, timeout=self.publish_timeout * len(eks) + 5)
 
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every pipelined message is confirmed (at most ``timeout`` s, default
+        ``publish_timeout``) and raise the first failure, if any. Nothing to do for a
+        producer with ``pipeline = 0``."""
+        if self._pipeline is not None:
+            self._pipeline.flush(self.publish_timeout if timeout is None else timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """:meth:`flush`. (The connection is shared by the process and stays open.)"""
+        self.flush(timeout)
+
     # -- sending ------------------------------------------------------------------------
 
     def _message_send(self, build: Callable[..., Message], *args: Any, **kwds: Any) -> None:
@@ -151,6 +289,8 @@ class GenericProducer:
         self._publish(eks, self._stamp(message), message.body.get("name", ""))
 
     def _rpc_send(self, build: Callable[..., Message], *args: Any, **kwds: Any) -> Any:
+        if self._pipeline is not None:
+            self._pipeline.raise_failure()
         eks = self._get_eks(kwds)
         timeout = float(kwds.pop("_timeout", self.rpc_timeout))
         max_retry = int(kwds.pop("_max_retry", self.max_retry))
@@ -190,6 +330,8 @@ class GenericProducer:
             return self._decode_reply(reply.body, reply.content_type)
 
     def _gather_send(self, build: Callable[..., Message], *args: Any, **kwds: Any) -> list[Message]:
+        if self._pipeline is not None:
+            self._pipeline.raise_failure()
         eks = self._get_eks(kwds)
         timeout = float(kwds.pop("_timeout", self.rpc_timeout))
         max_replies = kwds.pop("_max_replies", None)
