@@ -135,7 +135,7 @@ class BlockingPortal:
         except RuntimeError:  # the loop is closed
             raise ConnectionClosed("the event loop thread has stopped") from None
         try:
-            finished = call.lock.acquire(True, -1 if timeout is None else timeout)
+            finished = call.lock.acquire(True, -1 if timeout is None else max(timeout, 0))
         except BaseException:  # KeyboardInterrupt while waiting: don't leave the task running
             self._cancel(call)
             raise

@@ -255,10 +255,9 @@ class GenericProducer:
         if self.pipeline:
             if self._pipeline is None:
                 self._pipeline = _Pipeline(core, self.pipeline, self.publish_timeout)
-            log.debug("--> %s: %s to %s (pipelined)", type(self).__name__, what,
-                      [(exchange.name, key) for exchange, key in eks])
-            self._pipeline.send([(exchange.name, key) for exchange, key in eks], body, props,
-                                self.mandatory)
+            targets = [(exchange.name, key) for exchange, key in eks]
+            log.debug("--> %s: %s to %s (pipelined)", type(self).__name__, what, targets)
+            self._pipeline.send(targets, body, props, self.mandatory)
             return
 
         async def publish_all() -> None:
