@@ -425,7 +425,15 @@ class Consumer:
         if not self.active:
             return
         self.active = False
-        self._transport._consumers.pop(self.tag, None)
+        transport = self._transport
+        transport._consumers.pop(self.tag, None)
+        spec = transport._queues.get(self.queue)
+        if spec is not None and spec.auto_delete and not any(
+            c.queue == self.queue for c in transport._consumers.values()
+        ):
+            # The broker deletes an auto-delete queue with its last consumer: do not
+            # declare it again after a reconnection.
+            transport._forget_queue(self.queue)
         channel = self.channel
         if channel is not None and not channel.is_closed:
             with contextlib.suppress(Exception):
@@ -792,10 +800,14 @@ class Transport:
         )
         return ok.message_count, ok.consumer_count
 
-    async def delete_queue(self, name: str, *, timeout: float = 30.0) -> None:
+    def _forget_queue(self, name: str) -> None:
+        """Drop a queue and its bindings from the registry (not from the broker)."""
         self._queues.pop(name, None)
         for binding in [b for b in self._bindings if b.queue == name]:
             del self._bindings[binding]
+
+    async def delete_queue(self, name: str, *, timeout: float = 30.0) -> None:
+        self._forget_queue(name)
         await self._control_call(lambda ch: ch.queue_delete(name), timeout)
 
     async def delete_exchange(self, name: str, *, timeout: float = 30.0) -> None:
