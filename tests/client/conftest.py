@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -14,6 +13,7 @@ import pika
 import pytest
 
 import postage
+from tests.pika_helpers import pika_read
 
 
 class Names:
@@ -33,24 +33,6 @@ class Names:
         name = f"test.client.{prefix}.{uuid.uuid4().hex[:10]}"
         self.exchanges.append(name)
         return name
-
-
-def pika_read(url: str, queue: str, count: int, timeout: float = 20.0) -> list[tuple[Any, bytes]]:
-    """Consume up to ``count`` messages of ``queue`` with pika (auto-ack), within ``timeout``."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        got: list[tuple[Any, bytes]] = []
-        deadline = time.monotonic() + timeout
-        for method, props, body in channel.consume(queue, auto_ack=True, inactivity_timeout=0.1):
-            if method is not None:
-                got.append((props, body))
-            if len(got) >= count or time.monotonic() > deadline:
-                break
-        channel.cancel()
-        return got
-    finally:
-        connection.close()
 
 
 def pika_cleanup(url: str, names: Names) -> None:

@@ -14,7 +14,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -24,6 +23,7 @@ import pytest
 
 import postage
 import postage.aio
+from tests.pika_helpers import pika_read  # noqa: F401 - re-exported to the tests
 
 
 class Names:
@@ -56,24 +56,6 @@ def pika_cleanup(url: str, names: Names) -> None:
                 channel.queue_delete(name)
         for exchange in names.exchanges:
             channel.exchange_delete(exchange)
-    finally:
-        connection.close()
-
-
-def pika_read(url: str, queue: str, count: int, timeout: float = 20.0) -> list[tuple[Any, bytes]]:
-    """Consume up to ``count`` messages of ``queue`` with pika (auto-ack) within ``timeout``."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        got: list[tuple[Any, bytes]] = []
-        deadline = time.monotonic() + timeout
-        for method, props, body in channel.consume(queue, auto_ack=True, inactivity_timeout=0.1):
-            if method is not None:
-                got.append((props, body))
-            if len(got) >= count or time.monotonic() > deadline:
-                break
-        channel.cancel()
-        return got
     finally:
         connection.close()
 
