@@ -637,8 +637,34 @@ class Core:
     async def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking ``fn`` in a worker thread so the loop keeps serving the connection."""
         loop = asyncio.get_running_loop()
-        call = functools.partial(fn, *args, **kwargs) if kwargs else functools.partial(fn, *args)
-        return await loop.run_in_executor(self._executor, call)
+        future: asyncio.Future[T] = loop.create_future()
+
+        def work() -> None:
+            # One hand-back to the loop per call (cheaper than run_in_executor's chained
+            # concurrent/asyncio futures, which showed in profiles of RPC subscribers).
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                outcome: tuple[Any, Any] = (_fail_future, exc)
+            else:
+                outcome = (_resolve_future, result)
+            try:
+                loop.call_soon_threadsafe(outcome[0], future, outcome[1])
+            except RuntimeError:  # the loop has closed meanwhile: nobody waits any more
+                pass
+
+        self._executor.submit(work)
+        return await future
+
+
+def _resolve_future(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail_future(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
 
 
 async def open_core(url: str | None = None, **options: Any) -> Core:
