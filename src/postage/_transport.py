@@ -473,6 +473,8 @@ class Transport:
         self._consumers: dict[str, Consumer] = {}
         self._reply_callback: DeliveryCallback | None = None
         self._reconnect_callbacks: list[Callable[[], None]] = []
+        self._publishing: dict[asyncio.Task[Any], Any] = {}  # publishes inside aiormq
+        self._interrupted: set[asyncio.Task[Any]] = set()
         self._control_lock = asyncio.Lock()
         self._publisher_lock = asyncio.Lock()
         self._deadlines = _DeadlineGuard()
@@ -664,6 +666,7 @@ class Transport:
             self._ready.clear()
             lost_publisher = self._publisher
             _fail_unconfirmed(lost_publisher)
+            self._interrupt_publishes(lost_publisher)
             if not self.settings.reconnect:
                 self._failure = ConnectionClosed(f"connection lost: {reason}")
                 self._closed = True
@@ -691,6 +694,7 @@ class Transport:
             # A publish that raced the loss may have registered its confirm on the dead
             # channel after the client library failed the others: fail it too, it is sent again.
             _fail_unconfirmed(lost_publisher)
+            self._interrupt_publishes(lost_publisher)
             log.warning("reconnected to %s; topology and consumers restored",
                         redact_url(self.url or ""))
             self._ready.set()
@@ -699,6 +703,16 @@ class Transport:
                     callback()
                 except Exception:
                     log.exception("reconnect callback failed")
+
+    def _interrupt_publishes(self, lost: Any) -> None:
+        """Cancel publishes still inside the client library on a lost channel (they may
+        wait forever for room in a dead connection's write queue); they notice the
+        interruption and send again once the connection is back."""
+        for task, channel in list(self._publishing.items()):
+            stuck = channel is lost or channel.is_closed
+            if stuck and not task.done() and task not in self._interrupted:
+                self._interrupted.add(task)
+                task.cancel()
 
     async def _wait_ready(self, deadline: float | None) -> None:
         if self._ready.is_set():
@@ -902,16 +916,27 @@ class Transport:
                 # DRAIN_EVERY-th publish still waits for the socket buffer to drain, so a
                 # slow broker pushes back. The confirm is awaited either way.
                 self._publish_count += 1
-                result = await channel.basic_publish(
-                    body,
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    properties=amqp_properties,
-                    mandatory=mandatory,
-                    timeout=None,
-                    wait=self._publish_count % self.DRAIN_EVERY == 0,
-                )
+                self._publishing[task] = channel
+                try:
+                    result = await channel.basic_publish(
+                        body,
+                        exchange=exchange,
+                        routing_key=routing_key,
+                        properties=amqp_properties,
+                        mandatory=mandatory,
+                        timeout=None,
+                        wait=self._publish_count % self.DRAIN_EVERY == 0,
+                    )
+                finally:
+                    self._publishing.pop(task, None)
             except asyncio.CancelledError:
+                if task in self._interrupted:
+                    # The supervisor interrupted a publish stuck on a lost connection
+                    # (e.g. waiting for room in its dead write queue): send it again.
+                    self._interrupted.discard(task)
+                    task.uncancel()
+                    await asyncio.sleep(0.01)
+                    continue
                 if task.cancelling():
                     raise  # we were cancelled (by the caller or the deadline guard)
                 # aiormq cancels the confirms of a channel it closes: send again

@@ -156,7 +156,7 @@ async def test_broker_restart_stop_app_start_app(
     try:
         fig = await stream_through_faults(
             "broker stop_app/start_app", pub, con, queue, count=4000, fault=restart,
-            fault_after=(700,), deadline=120, concurrency=16,
+            fault_after=(700,), deadline=40, concurrency=16,
         )
     finally:
         await asyncio.gather(*restarts)
