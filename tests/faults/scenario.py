@@ -55,69 +55,28 @@ async def stream_through_faults(
     fault_after: tuple[int, ...],
     concurrency: int = 64,
     deadline: float = 120.0,
-    handler_delay: float = 0.0,
 ) -> Figures:
-    """Publish ``count`` persistent messages to ``queue`` (default exchange), run ``fault``
-    when the confirmed count passes each of ``fault_after``, consume them all, count."""
-    fig = Figures(scenario)
-    seen: collections.Counter[int] = collections.Counter()
-    confirmed: set[int] = set()
-    all_in = asyncio.Event()
-    start = time.perf_counter()
-    fault_times: list[float] = []
-    pending_faults = sorted(fault_after)
+    """Publish ``count`` persistent messages to ``queue`` (default exchange) with the core,
+    run ``fault`` when the confirmed count passes each of ``fault_after``, consume them all
+    with the core, count (see :func:`drive_stream`)."""
+    tally = Tally()
 
     async def handle(d: Delivery) -> None:
-        if handler_delay:
-            await asyncio.sleep(handler_delay)
-        seen[int(d.body)] += 1
-        if confirmed and len(seen) >= count:
-            all_in.set()
+        tally.record(int(d.body))
+
+    props = Properties(delivery_mode=2)
+
+    async def send(i: int) -> None:
+        await publisher.publish("", queue, str(i).encode(), props, timeout=deadline)
 
     sub = await consumer.subscribe(queue, handle, prefetch_count=200)
-    sem = asyncio.Semaphore(concurrency)
-    props = Properties(delivery_mode=2)
-    fault_lock = asyncio.Lock()
-
-    async def maybe_fault() -> None:
-        async with fault_lock:
-            while pending_faults and len(confirmed) >= pending_faults[0]:
-                pending_faults.pop(0)
-                fig.faults += 1
-                await fault()
-                fault_times.append(time.perf_counter())
-
-    recovered_after: list[float] = []
-
-    async def publish(i: int) -> None:
-        async with sem:
-            fig.sent += 1
-            sent_at = time.perf_counter()
-            try:
-                await publisher.publish("", queue, str(i).encode(), props, timeout=deadline)
-            except PostageError:
-                fig.publish_errors += 1
-                return
-            confirmed.add(i)
-            # recovery: from a fault to the first confirm of a message sent after it
-            k = len(recovered_after)
-            if k < len(fault_times) and sent_at > fault_times[k]:
-                recovered_after.append(time.perf_counter() - fault_times[k])
-        await maybe_fault()
-
-    await asyncio.gather(*(publish(i) for i in range(count)))
     try:
-        await asyncio.wait_for(all_in.wait(), deadline)
-    except TimeoutError:
-        pass
-    await sub.cancel()
-    fig.seconds = time.perf_counter() - start
-    fig.confirmed = len(confirmed)
-    fig.delivered = len(seen)
-    fig.lost = len(confirmed - set(seen))
-    fig.duplicates = sum(n - 1 for n in seen.values())
-    fig.recovery_s = recovered_after
-    return fig
+        return await drive_stream(
+            scenario, "core", send, tally, count=count, fault=fault,
+            fault_after=fault_after, concurrency=concurrency, deadline=deadline,
+        )
+    finally:
+        await sub.cancel()
 
 
 class Tally:
