@@ -4,7 +4,6 @@ while a handler blocks, dead letters for bad messages, RPC timeouts and failures
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import pytest
 import postage
 from postage import messaging
 from postage._classic import _runtime
+from tests.recorder import Recorder
 
 from .conftest import running, url_with_vhost
 
@@ -25,22 +25,11 @@ def exchange_cls(uid: str) -> type[messaging.Exchange]:
                 {"name": f"classic-test-{uid}", "durable": False, "auto_delete": True})
 
 
-class Calls:
-    """Handler calls recorded from worker threads, waited for with a deadline."""
+class Calls(Recorder):
+    """Handler calls from worker threads, waited for with a 15 s deadline."""
 
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-        self.cond = threading.Condition()
-
-    def add(self, item: Any) -> None:
-        with self.cond:
-            self.items.append(item)
-            self.cond.notify_all()
-
-    def wait(self, n: int, timeout: float = 15) -> list[Any]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.items) >= n, timeout), self.items
-            return list(self.items)
+    def wait_sync(self, count: int, timeout: float = 15) -> list[Any]:
+        return super().wait_sync(count, timeout)
 
 
 def make_processor(exchange: type[messaging.Exchange], queue: str, calls: Calls,
@@ -161,11 +150,11 @@ def test_rpc_timeout_retries_then_timeout_error(setup: Any) -> None:
         assert isinstance(result, messaging.MessageResultException) and not result
         assert result.body["content"]["value"] == "TimeoutError"
         assert 1.4 < elapsed < 10
-        assert len(calls.wait(3)) == 3  # 1 + _max_retry tries reached the handler
+        assert len(calls.wait_sync(3)) == 3  # 1 + _max_retry tries reached the handler
         type(producer).max_retry = 0
         type(producer).rpc_timeout = 0.3
         assert producer.rpc_silent().body["content"]["value"] == "TimeoutError"
-        assert len(calls.wait(4)) == 4
+        assert len(calls.wait_sync(4)) == 4
 
 
 def test_rpc_to_nowhere_fails_fast(setup: Any) -> None:
@@ -203,7 +192,7 @@ def test_bad_messages_go_to_dlq_and_processing_goes_on(setup: Any, env_url: str)
                 exchange.name, "rk", raw, core.properties()), timeout=10)
         producer.message_work(n=1)
         producer.message_boom()  # no handler: acked and dropped, like the original
-        assert calls.wait(1) == [("work", {"args": [], "kwds": {"n": 1}})]
+        assert calls.wait_sync(1) == [("work", {"args": [], "kwds": {"n": 1}})]
         headers = _dlq_headers(env_url, f"{queue}.dlq", 2)
     assert [h["x-postage-reason"] for h in headers] == ["undecodable", "undecodable"]
     assert "version" in headers[1]["x-postage-error"]
@@ -229,7 +218,7 @@ def test_blocking_handler_keeps_heartbeats(setup: Any, classic_url: str, classic
     assert core.settings.heartbeat == 2
     with running(processor):
         producer_for(exchange).message_work(sleep=6.5)  # more than 3 heartbeat intervals
-        items = calls.wait(1, timeout=30)
+        items = calls.wait_sync(1, timeout=30)
         assert items == [("work", {"args": [], "kwds": {"sleep": 6.5}})]
         messages, _consumers = _runtime.portal().call(
             lambda: core.transport.queue_state(queue), timeout=10)
@@ -248,7 +237,7 @@ def test_pipelined_messages_all_arrive_and_failures_surface_later(
         for i in range(50):
             producer.message_work(i)
         producer.flush()  # every message confirmed by now
-        assert sorted(c[1]["args"][0] for c in calls.wait(50)) == list(range(50))
+        assert sorted(c[1]["args"][0] for c in calls.wait_sync(50)) == list(range(50))
         # a pipelined message nobody can receive returns at once; flush raises its failure
         producer.message_work(_key="nobody-listens")
         with pytest.raises(postage.Unroutable):
@@ -263,4 +252,4 @@ def test_pipelined_messages_all_arrive_and_failures_surface_later(
             producer.message_work(50)
         producer.message_work(51)
         producer.close()
-        assert {c[1]["args"][0] for c in calls.wait(51)} == set(range(50)) | {51}
+        assert {c[1]["args"][0] for c in calls.wait_sync(51)} == set(range(50)) | {51}

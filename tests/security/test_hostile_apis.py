@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +27,7 @@ from postage._core import HEADER_ERROR, HEADER_REASON, Core, RetryPolicy, Subscr
 from postage._encoding import check_encoder
 from postage._envelope import build_envelope, decode_envelope
 from postage._exceptions import ConfigurationError, DecodingError
+from tests.recorder import Recorder
 
 from ..classic.conftest import classic_url, classic_vhost, env_url  # noqa: F401 - fixtures
 from ..client.conftest import pika_read
@@ -73,27 +73,6 @@ def _record(api: str, tried: int, reached: int, dead: int, restarts: int) -> Non
           f"dead-lettered {dead}, consumer restarts {restarts}")
 
 
-class Seen:
-    """Handler calls, recorded from any thread, waited for with a deadline."""
-
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-        self.cond = threading.Condition()
-
-    def add(self, item: Any) -> None:
-        with self.cond:
-            self.items.append(item)
-            self.cond.notify_all()
-
-    def wait_sync(self, count: int, timeout: float = 30) -> list[Any]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.items) >= count, timeout), self.items
-            return list(self.items)
-
-    async def wait(self, count: int, timeout: float = 30) -> list[Any]:
-        return await asyncio.to_thread(self.wait_sync, count, timeout)
-
-
 # -- classic processor ------------------------------------------------------------------
 
 
@@ -102,7 +81,7 @@ def test_classic_processor_hostile_inputs(env_url: str) -> None:  # noqa: F811
     queue = f"test.hostile.classic.{uid}"
     exchange: type[messaging.Exchange] = type("HostileExchange", (messaging.Exchange,),
                     {"name": f"test.hostile.classic.{uid}", "auto_delete": True})
-    seen = Seen()
+    seen = Recorder()
 
     class Consumer(messaging.GenericConsumer):
         max_message_size = LIMIT
@@ -171,7 +150,7 @@ async def test_communicator_hostile_inputs(broker_url: str) -> None:
     identifier = f"svc.{uid}"
     task_queue, replies = f"test.hostile.tq.{uid}", f"test.hostile.r.{uid}"
     queues = [f"{rpc_x}.{identifier}", task_queue, replies, bcast_x]
-    rpc_seen, task_seen, bcast_seen = Seen(), Seen(), Seen()
+    rpc_seen, task_seen, bcast_seen = Recorder(), Recorder(), Recorder()
 
     async def on_rpc(_comm: Any, body: Any) -> Any:
         rpc_seen.add(body)
@@ -241,7 +220,7 @@ async def test_communicator_hostile_inputs(broker_url: str) -> None:
         _record(f"communicator {what}", len(inputs), 0, len(inputs), 0)
 
 
-def messaging_filter(seen: Seen) -> Any:
+def messaging_filter(seen: Recorder) -> Any:
     from postage._communicator import BroadcastFilter
 
     async def filtered(_comm: Any, body: Any, sender: Any, subject: Any, msg_id: Any) -> None:
@@ -256,7 +235,7 @@ def messaging_filter(seen: Seen) -> Any:
 async def test_async_client_size_limit(broker_url: str) -> None:
     """Raw bodies reach the handler whatever they hold (by design); over-size ones never."""
     queue = f"test.hostile.client.{uuid.uuid4().hex[:10]}"
-    seen = Seen()
+    seen = Recorder()
 
     async def handler(body: bytes) -> None:
         seen.add(body)
