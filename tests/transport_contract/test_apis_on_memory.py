@@ -85,7 +85,7 @@ def test_classic_api_on_memory(monkeypatch: pytest.MonkeyPatch) -> None:
         with running(make_processor(exchange, "classic-q", calls)):
             producer = producer_for(exchange)
             producer.message_work(n=1)
-            assert calls.wait(1) == [("work", {"args": [], "kwds": {"n": 1}})]
+            assert calls.wait_sync(1) == [("work", {"args": [], "kwds": {"n": 1}})]
             reply = producer.rpc_echo("x", k=2)
             assert isinstance(reply, messaging.MessageResult)
             assert reply.body["content"]["value"] == {"args": ["x"], "kwds": {"k": 2}}
