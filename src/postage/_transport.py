@@ -319,12 +319,18 @@ class Delivery:
             )
             return False
         try:
+            # wait=False: the frame joins the connection's (bounded) write queue, behind
+            # anything sent before it (a reply, say); no ping-pong with the writer per
+            # message. A link that drops before it is written loses it and the broker
+            # delivers the message again, as when the ack itself is lost on the wire.
             if what == "ack":
-                await channel.basic_ack(self.delivery_tag)
+                await channel.basic_ack(self.delivery_tag, wait=False)
             elif what == "nack":
-                await channel.basic_nack(self.delivery_tag, requeue=kwargs["requeue"])
+                await channel.basic_nack(self.delivery_tag, requeue=kwargs["requeue"],
+                                         wait=False)
             else:
-                await channel.basic_reject(self.delivery_tag, requeue=kwargs["requeue"])
+                await channel.basic_reject(self.delivery_tag, requeue=kwargs["requeue"],
+                                           wait=False)
         except Exception as exc:
             log.warning(
                 "cannot %s delivery %s (%s); the broker will deliver it again",

@@ -30,12 +30,9 @@ from __future__ import annotations
 __all__ = ["GenericProducer"]
 
 import asyncio
-import collections
 import contextlib
 import functools
 import logging
-import threading
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -45,15 +42,13 @@ from .._encoding import Encoder, JsonEncoder
 from .._envelope import decode_envelope
 from .._exceptions import (
     ConfigurationError,
-    ConnectionClosed,
     DecodingError,
-    DeliveryTimeout,
     PostageError,
     RpcTimeout,
     Unroutable,
-    WrongThreadError,
 )
 from .._fingerprint import Fingerprint
+from .._pipeline import SendWindow
 from .._properties import Properties
 from . import _runtime
 from ._messages import (
@@ -76,107 +71,6 @@ async def declare_exchange(core: Core, exchange: type[Exchange]) -> None:
         exchange.name, exchange.exchange_type, durable=exchange.durable,
         auto_delete=exchange.auto_delete, passive=exchange.passive,
     )
-
-
-class _Pipeline:
-    """The unconfirmed messages of a pipelined producer (``pipeline = N``).
-
-    The sending thread appends to a deque and wakes the loop only when no drain is
-    already scheduled; the loop starts one publish per message, in order, and counts it
-    off when the broker has confirmed it, keeping the first failures for the sender.
-    """
-
-    def __init__(self, core: Core, depth: int, publish_timeout: float) -> None:
-        self._core = core
-        self._depth = depth
-        self._timeout = publish_timeout
-        self._portal = _runtime.portal()
-        self._loop = self._portal.loop
-        self._cond = threading.Condition(threading.Lock())
-        self._inflight = 0
-        self._queue: collections.deque[tuple[list[tuple[str, str]], bytes, Properties, bool]] = (
-            collections.deque())
-        self._scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._failures: list[BaseException] = []
-
-    # -- sending thread -----------------------------------------------------------------
-
-    def raise_failure(self) -> None:
-        """Raise the first failure of an earlier pipelined message (once)."""
-        if not self._failures:
-            return
-        with self._cond:
-            failures, self._failures = self._failures, []
-        if len(failures) > 1:
-            log.warning("%d more pipelined messages failed; the first is raised",
-                        len(failures) - 1)
-        exc = failures[0]
-        try:
-            raise exc
-        finally:
-            del exc, failures
-
-    def send(self, targets: list[tuple[str, str]], body: bytes, props: Properties,
-             mandatory: bool) -> None:
-        if self._portal.in_loop_thread:
-            raise WrongThreadError("a blocking Postage call was made from the event loop's "
-                                   "own thread; use the asyncio API there")
-        self.raise_failure()
-        with self._cond:
-            if self._inflight >= self._depth:
-                deadline = time.monotonic() + self._timeout
-                while self._inflight >= self._depth:
-                    left = deadline - time.monotonic()
-                    if left <= 0 or not self._cond.wait(left):
-                        raise DeliveryTimeout(
-                            f"no confirm freed a pipeline slot within {self._timeout:g} s")
-            self._inflight += 1
-        self._queue.append((targets, body, props, mandatory))
-        if not self._scheduled:
-            self._scheduled = True
-            try:
-                self._loop.call_soon_threadsafe(self._drain)
-            except RuntimeError:  # the loop is closed
-                self._queue.clear()
-                with self._cond:
-                    self._inflight = 0
-                raise ConnectionClosed("the event loop thread has stopped") from None
-
-    def flush(self, timeout: float | None) -> None:
-        """Wait until every message is confirmed (or failed), then raise any failure."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._inflight == 0, timeout):
-                raise DeliveryTimeout(
-                    f"{self._inflight} pipelined messages not confirmed within {timeout:g} s")
-        self.raise_failure()
-
-    # -- event loop ---------------------------------------------------------------------
-
-    def _drain(self) -> None:
-        self._scheduled = False
-        queue, loop = self._queue, self._loop
-        while queue:
-            task = loop.create_task(self._publish(*queue.popleft()))
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
-
-    async def _publish(self, targets: list[tuple[str, str]], body: bytes, props: Properties,
-                       mandatory: bool) -> None:
-        for exchange, key in targets:
-            await self._core.publish(exchange, key, body, props, mandatory=mandatory,
-                                     timeout=self._timeout)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        failure: BaseException | None = (
-            ConnectionClosed("a pipelined publish was cancelled") if task.cancelled()
-            else task.exception())
-        with self._cond:
-            if failure is not None:
-                self._failures.append(failure)
-            self._inflight -= 1
-            self._cond.notify_all()
 
 
 class GenericProducer:
@@ -206,7 +100,7 @@ class GenericProducer:
         self.encoder: Encoder = self.encoder_class()
         self._core = _runtime.shared_core(self.hup, self.vhost)
         self._declared: set[str] = set()
-        self._pipeline: _Pipeline | None = None
+        self._pipeline: SendWindow | None = None
         if self.pipeline < 0:
             raise ConfigurationError("pipeline must be 0 (wait for each confirm) or more")
         log.debug("producer %s declaring eks %s", type(self).__name__, list(self.eks))
@@ -254,10 +148,11 @@ class GenericProducer:
         core, props = self._core, self._properties()
         if self.pipeline:
             if self._pipeline is None:
-                self._pipeline = _Pipeline(core, self.pipeline, self.publish_timeout)
+                self._pipeline = SendWindow(_runtime.portal(), self.pipeline,
+                                            self.publish_timeout)
             targets = [(exchange.name, key) for exchange, key in eks]
             log.debug("--> %s: %s to %s (pipelined)", type(self).__name__, what, targets)
-            self._pipeline.send(targets, body, props, self.mandatory)
+            self._pipeline.submit(self._publish_to, (targets, body, props))
             return
 
         async def publish_all() -> None:
@@ -268,6 +163,12 @@ class GenericProducer:
                                    mandatory=self.mandatory, timeout=self.publish_timeout)
 
         _runtime.portal().call(publish_all, timeout=self.publish_timeout * len(eks) + 5)
+
+    async def _publish_to(self, targets: list[tuple[str, str]], body: bytes,
+                          props: Properties) -> None:
+        for exchange, key in targets:
+            await self._core.publish(exchange, key, body, props, mandatory=self.mandatory,
+                                     timeout=self.publish_timeout)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every pipelined message is confirmed (at most ``timeout`` s, default

@@ -11,6 +11,7 @@ __all__ = ["Communicator", "TaskQueue", "connect"]
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import signal
 import threading
@@ -18,9 +19,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .._exceptions import ConfigurationError
+from .._exceptions import ConfigurationError, ConnectionClosed
 from .._fingerprint import Fingerprint
 from .._gather import GatherReply
+from .._pipeline import SendWindow
 from .._portal import BlockingPortal, default_portal
 from .._signals import SignalCatcher
 from ._async import AsyncCommunicator, AsyncTaskQueue, Subscriber, open_communicator
@@ -38,9 +40,12 @@ class _ReplyFuture(concurrent.futures.Future[T]):
     may be pending at once. Its condition uses a plain lock (the futures machinery never
     takes it twice: callbacks run outside it) and a list of waiters, and the future
     itself is the done callback of the asyncio future, so no closures are kept per call.
+    A pipelined send (``send_window``) makes the future before the asyncio one exists:
+    :meth:`follow_send` attaches it when the send has been confirmed.
     """
 
-    def __init__(self, source: asyncio.Future[T], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, source: asyncio.Future[T] | None,
+                 loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
         condition = threading.Condition(threading.Lock())
         condition._waiters = []  # type: ignore[attr-defined]  # a deque costs 600 B empty
@@ -64,10 +69,34 @@ class _ReplyFuture(concurrent.futures.Future[T]):
         except concurrent.futures.InvalidStateError:  # cancelled meanwhile by the user
             pass
 
+    def follow_send(self, task: asyncio.Future[asyncio.Future[T] | None]) -> None:
+        """The outcome of a pipelined send (on the loop): its failure, or the asyncio
+        future to follow from now on (None: a task sent without reply)."""
+        if task.cancelled():
+            exc: BaseException | None = ConnectionClosed("the send was cancelled")
+        else:
+            exc = task.exception()
+        if exc is not None:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                self.set_exception(exc)
+            return
+        source = task.result()
+        if source is None:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                self.set_result(None)  # type: ignore[arg-type]
+            return
+        self._source = source  # before looking at our state: see cancel()
+        if self.cancelled():
+            source.cancel()
+        else:
+            source.add_done_callback(self)
+
     def cancel(self) -> bool:
         cancelled = super().cancel()
-        if cancelled and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._source.cancel)
+        # A pipelined send not confirmed yet has no source: follow_send cancels it later.
+        source = self._source
+        if cancelled and source is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(source.cancel)
         return cancelled
 
 
@@ -83,6 +112,7 @@ def _to_concurrent(
 class _Facade:
     _portal: BlockingPortal
     _timeout: float
+    _window: SendWindow | None
 
     def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return self._portal.call(fn, *args, timeout=self._timeout)
@@ -96,22 +126,42 @@ class _Facade:
 
         return self._portal.call(run, timeout=self._timeout)
 
+    def _send(
+        self, fn: Callable[..., Awaitable[asyncio.Future[T] | None]], *args: Any,
+        no_reply: bool = False,
+    ) -> concurrent.futures.Future[T] | None:
+        """A send: waits for its confirm, or with a send window hands it to the loop and
+        returns at once (a failure then fails the future, or with ``no_reply`` is raised
+        by a later send, flush() or close())."""
+        window = self._window
+        if window is None:
+            return self._future(fn, *args)
+        if no_reply:
+            window.submit(fn, args)
+            return None
+        out: _ReplyFuture[T] = _ReplyFuture(None, self._portal.loop)
+        window.submit(fn, args, out.follow_send)
+        return out
+
 
 class TaskQueue(_Facade):
     """A durable task queue of a blocking :class:`Communicator`."""
 
-    def __init__(self, queue: AsyncTaskQueue, portal: BlockingPortal, timeout: float) -> None:
+    def __init__(self, queue: AsyncTaskQueue, portal: BlockingPortal, timeout: float,
+                 window: SendWindow | None = None) -> None:
         self._aio = queue
         self._portal = portal
         self._timeout = timeout
+        self._window = window
 
     @property
     def name(self) -> str:
         return self._aio.name
 
     def task_send(self, task: Any, no_reply: bool = False) -> concurrent.futures.Future[Any] | None:
-        """Queue ``task``; a future of its result (None with ``no_reply``) once confirmed."""
-        return self._future(self._aio.task_send, task, no_reply)
+        """Queue ``task``; a future of its result (None with ``no_reply``) once confirmed
+        (at once with a send window)."""
+        return self._send(self._aio.task_send, task, no_reply, no_reply=no_reply)
 
     def add_task_subscriber(self, subscriber: Subscriber, identifier: str | None = None) -> str:
         """Consume this queue with ``subscriber(comm, body)``; return its identifier."""
@@ -131,11 +181,26 @@ class Communicator(_Facade):
     verbs; ``async def`` subscribers run on the event loop and should use ``comm.aio``.
     """
 
-    def __init__(self, comm: AsyncCommunicator, portal: BlockingPortal) -> None:
+    def __init__(self, comm: AsyncCommunicator, portal: BlockingPortal,
+                 send_window: int = 0) -> None:
         self._aio = comm
         self._portal = portal
         self._timeout = comm.options.operation_timeout
+        self._window = (SendWindow(portal, send_window, comm.options.operation_timeout)
+                        if send_window else None)
         comm.callback_comm = self
+
+    @property
+    def send_window(self) -> int:
+        """Sends allowed to await their confirm at once (0: each send waits for it)."""
+        return 0 if self._window is None else self._window.depth
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every pipelined send (``send_window``) is confirmed, at most
+        ``timeout`` s (default ``operation_timeout``), and raise the first failure of a
+        ``no_reply`` task. Nothing to do without a send window."""
+        if self._window is not None:
+            self._window.flush(timeout)
 
     @property
     def aio(self) -> AsyncCommunicator:
@@ -157,7 +222,11 @@ class Communicator(_Facade):
         if self._aio.is_closed():
             return
         wait = (self._aio.options.close_timeout if timeout is None else timeout) + 5.0
-        self._portal.call(self._aio.close, timeout, timeout=wait)
+        try:
+            if self._window is not None:  # pipelined sends first: none is dropped
+                self._window.flush(wait)
+        finally:
+            self._portal.call(self._aio.close, timeout, timeout=wait)
 
     def run_until_signal(
         self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT), *,
@@ -182,11 +251,11 @@ class Communicator(_Facade):
     def task_queue(self, name: str, prefetch_count: int | None = None) -> TaskQueue:
         """The durable task queue ``name``."""
         queue = self._call(self._aio.task_queue, name, prefetch_count)
-        return TaskQueue(queue, self._portal, self._timeout)
+        return TaskQueue(queue, self._portal, self._timeout, self._window)
 
     def task_send(self, task: Any, no_reply: bool = False) -> concurrent.futures.Future[Any] | None:
         """Send ``task`` to the default task queue."""
-        return self._future(self._aio.task_send, task, no_reply)
+        return self._send(self._aio.task_send, task, no_reply, no_reply=no_reply)
 
     def add_task_subscriber(self, subscriber: Subscriber, identifier: str | None = None) -> str:
         """Subscribe to the default task queue."""
@@ -198,8 +267,9 @@ class Communicator(_Facade):
 
     # RPC
     def rpc_send(self, recipient_id: str, msg: Any) -> concurrent.futures.Future[Any]:
-        """Send an RPC; a future of the reply. Unroutable at once when nobody listens."""
-        future = self._future(self._aio.rpc_send, recipient_id, msg)
+        """Send an RPC; a future of the reply. Unroutable at once when nobody listens
+        (with a send window: the future fails with it)."""
+        future = self._send(self._aio.rpc_send, recipient_id, msg)
         assert future is not None
         return future
 
@@ -244,7 +314,7 @@ class Communicator(_Facade):
 
 
 def connect(url: str | None = None, *, portal: BlockingPortal | None = None,
-            **options: Any) -> Communicator:
+            send_window: int = 0, **options: Any) -> Communicator:
     """Connect to the broker at ``url`` and return a blocking :class:`Communicator`.
 
     ``url`` defaults to ``POSTAGE_URL`` (or the ``POSTAGE_HOST``... variables); a URL
@@ -253,9 +323,19 @@ def connect(url: str | None = None, *, portal: BlockingPortal | None = None,
     ``task_timeout``, ``task_prefetch_count``, ``task_max_attempts``, ``name``...) and
     connection/core options (``heartbeat``, ``encoder``, ...). The communicator runs on
     ``portal`` (default: the process-wide one).
+
+    ``send_window = N`` is an explicit opt-in for fast sending from one thread:
+    ``rpc_send``/``task_send`` return as soon as the message is handed to the event loop,
+    with at most N sends awaiting the broker's confirm (the next one blocks while N do).
+    A publishing error (Unroutable, ...) then fails the returned future instead of being
+    raised by the call; for ``task_send(no_reply=True)`` it is raised by a later send,
+    :meth:`Communicator.flush` or :meth:`Communicator.close`. The default, 0, waits for
+    each confirm.
     """
+    if isinstance(send_window, bool) or not isinstance(send_window, int) or send_window < 0:
+        raise ConfigurationError(f"send_window must be an int >= 0, not {send_window!r}")
     chosen = portal or default_portal()
     opener = functools.partial(open_communicator, url, **options)
     timeout = float(options.get("connect_timeout", 10.0)) * 3 + 30.0
     comm = chosen.call(opener, timeout=timeout)
-    return Communicator(comm, chosen)
+    return Communicator(comm, chosen, send_window)
