@@ -403,8 +403,8 @@ def aiopika_idle(ctx: Ctx) -> dict[str, float]:
 # kiwiPy-style code, shared by kiwiPy and the Postage communicator (its drop-in API)
 
 
-def kiwi_publish(ctx: Ctx, mod: Any) -> dict[str, float]:
-    with mod.connect(ctx.url) as comm:
+def kiwi_publish(ctx: Ctx, mod: Any, **connect: Any) -> dict[str, float]:
+    with mod.connect(ctx.url, **connect) as comm:
         queue = comm.task_queue(ctx.name("kiwi-pub"))
         for _ in range(warmup_count(ctx)):
             queue.task_send(PAYLOAD, no_reply=True)
@@ -417,8 +417,8 @@ def kiwi_publish(ctx: Ctx, mod: Any) -> dict[str, float]:
     return {"rate": ctx.n / elapsed}
 
 
-def kiwi_e2e(ctx: Ctx, mod: Any) -> dict[str, float]:
-    with mod.connect(ctx.url) as comm:
+def kiwi_e2e(ctx: Ctx, mod: Any, **connect: Any) -> dict[str, float]:
+    with mod.connect(ctx.url, **connect) as comm:
         queue = comm.task_queue(ctx.name("kiwi-e2e"), prefetch_count=PREFETCH)
         lock = threading.Lock()
         done = threading.Event()
@@ -473,8 +473,8 @@ def kiwi_rpc_seq(ctx: Ctx, mod: Any) -> dict[str, float]:
     return latency_result(lat)
 
 
-def kiwi_rpc_window(ctx: Ctx, mod: Any, window: int = 64) -> dict[str, float]:
-    with mod.connect(ctx.url) as comm:
+def kiwi_rpc_window(ctx: Ctx, mod: Any, window: int = 64, **connect: Any) -> dict[str, float]:
+    with mod.connect(ctx.url, **connect) as comm:
         ident = _kiwi_rpc_identifier(ctx, mod)
         comm.add_rpc_subscriber(lambda _comm, body: body, identifier=ident)
 

@@ -321,6 +321,24 @@ def comm_rpc_window(ctx: Ctx) -> dict[str, float]:
     return kiwi_rpc_window(ctx, postage)
 
 
+def comm_publish_windowed(ctx: Ctx) -> dict[str, float]:
+    import postage
+
+    return kiwi_publish(ctx, postage, send_window=ctx.window)
+
+
+def comm_e2e_windowed(ctx: Ctx) -> dict[str, float]:
+    import postage
+
+    return kiwi_e2e(ctx, postage, send_window=ctx.window)
+
+
+def comm_rpc_window_windowed(ctx: Ctx) -> dict[str, float]:
+    import postage
+
+    return kiwi_rpc_window(ctx, postage, send_window=64)
+
+
 def comm_idle(ctx: Ctx) -> dict[str, float]:
     import postage
 
