@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: JSON {json_path}; table {md_path}; "
           f"chart {png_path if chart_ok else '(not drawn: matplotlib missing)'}",
           file=sys.stderr)
-    if not args.no_docs and not args.only:
+    if not args.no_docs and not args.only and not args.quick:  # full runs only
         docs = ROOT / "docs" / "bench"
         docs.mkdir(parents=True, exist_ok=True)
         (docs / "latest.md").write_text(table)
