@@ -165,21 +165,26 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     print(f"bench: {len(cases)} cases x {repeat} on {report.redact(args.url)}"
           f"{' (quick)' if args.quick else ''}", file=sys.stderr, flush=True)
+    # Repetitions are interleaved (every case once, then every case again...), so a slow
+    # spell of the machine falls on Postage and its peers alike instead of on one case.
     results: list[dict[str, Any]] = []
+    runnable: list[tuple[int, Any, dict[str, Any], list[str]]] = []
     for i, case in enumerate(cases, 1):
-        head = f"[{i:2}/{len(cases)}] {case.workload:7} {case.impl} · {case.label}"
         entry: dict[str, Any] = {"id": case.id, "workload": case.workload, "impl": case.impl,
                                  "label": case.label, "metric": case.metric,
                                  "postage": case.postage, "runs": [],
                                  "n": case.n_quick if args.quick else case.n}
+        results.append(entry)
         why = available(case)
         if why:
             entry["status"] = why
-            print(f"{head}: {why}", file=sys.stderr, flush=True)
-            results.append(entry)
+            print(f"[{i:2}/{len(cases)}] {case.workload:7} {case.impl} · {case.label}: {why}",
+                  file=sys.stderr, flush=True)
             continue
-        errors = []
-        for r in range(repeat):
+        runnable.append((i, case, entry, []))
+    for r in range(repeat):
+        for i, case, entry, errors in runnable:
+            head = f"[{i:2}/{len(cases)}] {case.workload:7} {case.impl} · {case.label}"
             res = _run_one(case, args.url, args.quick, args.window)
             if "metrics" in res:
                 entry["runs"].append(res["metrics"])
@@ -191,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(res.get("stderr_tail", ""), file=sys.stderr)
             print(f"{head} [{r + 1}/{repeat}] {shown} ({res['seconds']:.1f} s)",
                   file=sys.stderr, flush=True)
+    for _i, _case, entry, errors in runnable:
         if entry["runs"]:
             keys = entry["runs"][0].keys()
             entry["median"] = {k: statistics.median(run[k] for run in entry["runs"])
@@ -200,7 +206,6 @@ def main(argv: list[str] | None = None) -> int:
             entry["status"] = "error: " + (errors[0] if errors else "no result")
         if errors:
             entry["errors"] = errors
-        results.append(entry)
 
     doc = report.build(results, TARGETS, url=args.url, quick=args.quick, repeat=repeat,
                        seconds=time.monotonic() - started)
