@@ -26,7 +26,13 @@ from types import TracebackType
 from typing import Any, TypeAlias
 
 from ._core import Core, RetryPolicy, Subscription, open_core
-from ._exceptions import ConnectionClosed, EncodingError, MessageTooLarge, Reject
+from ._exceptions import (
+    ConfigurationError,
+    ConnectionClosed,
+    EncodingError,
+    MessageTooLarge,
+    Reject,
+)
 from ._properties import Properties
 from ._transport import Delivery
 
@@ -164,7 +170,7 @@ class AsyncClient:
         self, exchange: str, routing_key: str, queue_name: str, handler: ReceiveHandler,
         no_ack: bool = False, prefetch_count: int = 0, exchange_type: str = "topic", *,
         durable: bool = False, auto_delete: bool | None = None,
-        policy: RetryPolicy | None = None,
+        policy: RetryPolicy | None = None, quorum: bool = False,
     ) -> Receiver:
         """Declare ``exchange`` and ``queue_name``, bind them with ``routing_key``, consume.
 
@@ -174,16 +180,23 @@ class AsyncClient:
         message is acked after the handler; if the handler raises, it is retried per
         ``policy`` (default: 3 deliveries in all) and then moved to ``<queue_name>.dlq``.
 
-        The queue is ``auto_delete`` unless ``durable`` (as in the seed). With ``exchange``
-        ``""`` the queue is consumed without declaring or binding an exchange.
+        The queue is ``auto_delete`` unless ``durable`` (as in the seed). ``quorum=True``
+        declares a replicated quorum queue (durable, never auto-delete; its ``.dlq`` is a
+        quorum queue too). With ``exchange`` ``""`` the queue is consumed without
+        declaring or binding an exchange.
         """
         core = self.core
         if exchange:
             await core.declare_exchange(exchange, exchange_type)
-        await core.declare_queue(
-            queue_name, durable=durable,
-            auto_delete=(not durable) if auto_delete is None else auto_delete,
-        )
+        if quorum:
+            if auto_delete:
+                raise ConfigurationError("a quorum queue cannot be auto-delete")
+            await core.declare_queue(queue_name, quorum=True)
+        else:
+            await core.declare_queue(
+                queue_name, durable=durable,
+                auto_delete=(not durable) if auto_delete is None else auto_delete,
+            )
         if exchange:
             await core.bind(queue_name, exchange, routing_key)
         run = self._make_dispatcher(core, handler)

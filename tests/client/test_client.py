@@ -215,6 +215,25 @@ async def test_receive_options(client: AsyncClient, names: Names, read_queue: An
         await client.receive(exchange, "k", names.queue(), handler, exchange_type="fanout")
 
 
+async def test_receive_on_a_quorum_queue(client: AsyncClient, names: Names) -> None:
+    exchange, queue = names.exchange(), names.queue()
+    inbox = Inbox()
+
+    async def handler(body: bytes) -> None:
+        inbox.add(body)
+
+    with pytest.raises(postage.ConfigurationError):
+        await client.receive(exchange, "q.#", queue, handler, quorum=True, auto_delete=True)
+    receiver = await client.receive(exchange, "q.#", queue, handler, quorum=True)
+    for i in range(5):
+        await client.publish(exchange, f"q.{i}", str(i))
+    assert sorted(await inbox.wait(5)) == [str(i).encode() for i in range(5)]
+    await receiver.cancel()
+    # it is a quorum queue: declaring it as a classic one is refused by the broker
+    with pytest.raises(PreconditionFailed):
+        await client.core.declare_queue(queue, durable=True)
+
+
 async def test_cancelled_receiver_gets_nothing(client: AsyncClient, names: Names) -> None:
     exchange, queue = names.exchange(), names.queue()
     inbox = Inbox()
