@@ -59,6 +59,11 @@ class SendWindow:
 
     # -- sending thread -----------------------------------------------------------------
 
+    def _check_thread(self) -> None:
+        if self._portal.in_loop_thread:  # waiting there would stall the loop it waits for
+            raise WrongThreadError("a blocking Postage call was made from the event loop's "
+                                   "own thread; use the asyncio API there")
+
     def raise_failure(self) -> None:
         """Raise the first failure of an earlier fire-and-forget send (once)."""
         if not self._failures:
@@ -79,9 +84,7 @@ class SendWindow:
         once unless ``depth`` sends are unconfirmed (then wait, at most the timeout, for
         one to finish). ``done(task)`` runs on the loop with the finished task; without
         it, a failure is raised by a later call of this window."""
-        if self._portal.in_loop_thread:
-            raise WrongThreadError("a blocking Postage call was made from the event loop's "
-                                   "own thread; use the asyncio API there")
+        self._check_thread()
         self.raise_failure()
         with self._cond:
             if self._inflight >= self._depth:
@@ -107,6 +110,7 @@ class SendWindow:
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every send is confirmed or failed (at most ``timeout`` s, default
         the window's timeout), then raise the first fire-and-forget failure, if any."""
+        self._check_thread()
         wait = self._timeout if timeout is None else timeout
         with self._cond:
             if not self._cond.wait_for(lambda: self._inflight == 0, wait):

@@ -138,3 +138,22 @@ def test_cancelling_a_pipelined_rpc_forgets_it(broker_url: str, names: Names) ->
             time.sleep(0.01)
         release.set()
         assert comm.rpc_send(ident, "next").result(10) == "next"
+
+
+def test_window_calls_from_the_event_loop_are_refused(broker_url: str, names: Names) -> None:
+    ident = names.identifier()
+    with postage.connect(broker_url, send_window=4) as comm:
+        queue = comm.task_queue(names.queue("loop"))
+
+        async def subscriber(c: Any, _body: Any) -> list[str]:
+            refused = []
+            for call in (lambda: queue.task_send(1, no_reply=True), c.flush,
+                         lambda: c.rpc_send(ident, 1)):
+                try:
+                    call()
+                except postage.WrongThreadError:
+                    refused.append("refused")
+            return refused
+
+        comm.add_rpc_subscriber(subscriber, ident)
+        assert comm.rpc_send(ident, None).result(10) == ["refused"] * 3
