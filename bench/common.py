@@ -99,6 +99,49 @@ async def sequential_latencies(
     return out
 
 
+def warmup_count(ctx: Ctx) -> int:
+    return max(20, min(500, ctx.n // 10))
+
+
+async def rpc_workload(ctx: Ctx, window: int, op: Callable[[int], Awaitable[Any]]
+                       ) -> dict[str, float]:
+    """Warm up, then the p50/p99 latency of sequential calls of ``op`` (``window`` 1) or
+    its rate with ``window`` calls in flight."""
+    await windowed(warmup_count(ctx), window, op, ctx)
+    if window == 1:
+        return latency_result(await sequential_latencies(ctx.n, op, ctx))
+    elapsed = await windowed(ctx.n, window, op, ctx)
+    return {"rate": ctx.n / elapsed}
+
+
+class Arrivals:
+    """End-to-end timing: ``hit()`` from the handler of each message; :meth:`rate` sends
+    a warm-up batch, then ``ctx.n`` messages with ``ctx.window`` in flight, and returns
+    messages per second until the last one was handled."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.target = 0
+        self.done = asyncio.Event()
+
+    def hit(self) -> None:
+        self.count += 1
+        if self.count >= self.target:
+            self.done.set()
+
+    async def _run(self, ctx: Ctx, n: int, send: Callable[[int], Awaitable[Any]]) -> float:
+        self.count, self.target = 0, n
+        self.done.clear()
+        start = time.perf_counter()
+        await windowed(n, ctx.window, send, ctx)
+        await asyncio.wait_for(self.done.wait(), ctx.remaining())
+        return time.perf_counter() - start
+
+    async def rate(self, ctx: Ctx, send: Callable[[int], Awaitable[Any]]) -> dict[str, float]:
+        await self._run(ctx, warmup_count(ctx), send)
+        return {"rate": ctx.n / await self._run(ctx, ctx.n, send)}
+
+
 def latency_result(lat: list[float]) -> dict[str, float]:
     return {"p50": percentile(lat, 50), "p99": percentile(lat, 99),
             "rate": 1000 * len(lat) / sum(lat) if lat else 0.0}

@@ -9,6 +9,7 @@ Libraries are imported inside the functions: the memory cases measure a process'
 from __future__ import annotations
 
 import asyncio
+import importlib
 import itertools
 import threading
 import time
@@ -19,20 +20,18 @@ from typing import Any
 from bench.common import (
     BODY,
     PAYLOAD,
+    Arrivals,
     Ctx,
     latency_result,
+    rpc_workload,
     rss_mb,
     run_async,
-    sequential_latencies,
     wait_event,
+    warmup_count,
     windowed,
 )
 
 PREFETCH = 256
-
-
-def warmup_count(ctx: Ctx) -> int:
-    return max(20, min(500, ctx.n // 10))
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,14 +200,11 @@ async def _aiopika_e2e(ctx: Ctx) -> dict[str, float]:
         await sub.set_qos(prefetch_count=PREFETCH)
         name = ctx.name("aiopika-e2e")
         queue = await sub.declare_queue(name, durable=True)
-        state = {"count": 0, "target": 0}
-        done = asyncio.Event()
+        arrivals = Arrivals()
 
         async def on_message(message: Any) -> None:
             await message.ack()
-            state["count"] += 1
-            if state["count"] >= state["target"]:
-                done.set()
+            arrivals.hit()
 
         await queue.consume(on_message)
         ex = pub.default_exchange
@@ -217,18 +213,9 @@ async def _aiopika_e2e(ctx: Ctx) -> dict[str, float]:
             await ex.publish(aio_pika.Message(BODY, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                              routing_key=name, mandatory=True)
 
-        async def run(n: int) -> float:
-            state["count"], state["target"] = 0, n
-            done.clear()
-            start = time.perf_counter()
-            await windowed(n, ctx.window, op, ctx)
-            await asyncio.wait_for(done.wait(), ctx.remaining())
-            return time.perf_counter() - start
-
-        await run(warmup_count(ctx))
-        elapsed = await run(ctx.n)
+        result = await arrivals.rate(ctx, op)
         await pub.queue_delete(name)
-    return {"rate": ctx.n / elapsed}
+    return result
 
 
 def aiopika_e2e(ctx: Ctx) -> dict[str, float]:
@@ -302,11 +289,7 @@ async def _aiopika_rpc(ctx: Ctx, window: int) -> dict[str, float]:
         async def op(_i: int) -> None:
             await client.call(name, BODY)
 
-        await windowed(warmup_count(ctx), window, op, ctx)
-        if window == 1:
-            return latency_result(await sequential_latencies(ctx.n, op, ctx))
-        elapsed = await windowed(ctx.n, window, op, ctx)
-    return {"rate": ctx.n / elapsed}
+        return await rpc_workload(ctx, window, op)
 
 
 def aiopika_rpc_seq(ctx: Ctx) -> dict[str, float]:
@@ -400,11 +383,18 @@ def aiopika_idle(ctx: Ctx) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------
-# kiwiPy-style code, shared by kiwiPy and the Postage communicator (its drop-in API)
+# kiwiPy-style code, shared by kiwiPy and the Postage communicator (its drop-in API): the
+# case's params name the module ("kiwipy" or "postage") and any options of its connect().
 
 
-def kiwi_publish(ctx: Ctx, mod: Any, **connect: Any) -> dict[str, float]:
-    with mod.connect(ctx.url, **connect) as comm:
+def _kiwi_connect(ctx: Ctx) -> Any:
+    """``connect(url, **options)`` of the module the case runs, as a context manager."""
+    mod = importlib.import_module(ctx.params["module"])
+    return mod.connect(ctx.url, **ctx.params.get("connect", {}))
+
+
+def kiwi_publish(ctx: Ctx) -> dict[str, float]:
+    with _kiwi_connect(ctx) as comm:
         queue = comm.task_queue(ctx.name("kiwi-pub"))
         for _ in range(warmup_count(ctx)):
             queue.task_send(PAYLOAD, no_reply=True)
@@ -417,8 +407,8 @@ def kiwi_publish(ctx: Ctx, mod: Any, **connect: Any) -> dict[str, float]:
     return {"rate": ctx.n / elapsed}
 
 
-def kiwi_e2e(ctx: Ctx, mod: Any, **connect: Any) -> dict[str, float]:
-    with mod.connect(ctx.url, **connect) as comm:
+def kiwi_e2e(ctx: Ctx) -> dict[str, float]:
+    with _kiwi_connect(ctx) as comm:
         queue = comm.task_queue(ctx.name("kiwi-e2e"), prefetch_count=PREFETCH)
         lock = threading.Lock()
         done = threading.Event()
@@ -450,16 +440,16 @@ def kiwi_e2e(ctx: Ctx, mod: Any, **connect: Any) -> dict[str, float]:
     return {"rate": ctx.n / elapsed}
 
 
-def _kiwi_rpc_identifier(ctx: Ctx, mod: Any) -> str:
+def _kiwi_rpc_identifier(ctx: Ctx) -> str:
     ident = ctx.name("kiwi-rpc")
-    if mod.__name__.startswith("postage"):
+    if ctx.params["module"] == "postage":
         print(f"QUEUE postage.rpc.{ident}", flush=True)
     return ident
 
 
-def kiwi_rpc_seq(ctx: Ctx, mod: Any) -> dict[str, float]:
-    with mod.connect(ctx.url) as comm:
-        ident = _kiwi_rpc_identifier(ctx, mod)
+def kiwi_rpc_seq(ctx: Ctx) -> dict[str, float]:
+    with _kiwi_connect(ctx) as comm:
+        ident = _kiwi_rpc_identifier(ctx)
         comm.add_rpc_subscriber(lambda _comm, body: body, identifier=ident)
         for _ in range(warmup_count(ctx)):
             comm.rpc_send(ident, PAYLOAD).result(timeout=10)
@@ -473,9 +463,9 @@ def kiwi_rpc_seq(ctx: Ctx, mod: Any) -> dict[str, float]:
     return latency_result(lat)
 
 
-def kiwi_rpc_window(ctx: Ctx, mod: Any, window: int = 64, **connect: Any) -> dict[str, float]:
-    with mod.connect(ctx.url, **connect) as comm:
-        ident = _kiwi_rpc_identifier(ctx, mod)
+def kiwi_rpc_window(ctx: Ctx, window: int = 64) -> dict[str, float]:
+    with _kiwi_connect(ctx) as comm:
+        ident = _kiwi_rpc_identifier(ctx)
         comm.add_rpc_subscriber(lambda _comm, body: body, identifier=ident)
 
         def run(n: int) -> float:
@@ -496,19 +486,24 @@ def kiwi_rpc_window(ctx: Ctx, mod: Any, window: int = 64, **connect: Any) -> dic
     return {"rate": ctx.n / elapsed}
 
 
-def kiwi_idle(ctx: Ctx, mod: Any) -> dict[str, float]:
-    with mod.connect(ctx.url) as comm:
-        ident = _kiwi_rpc_identifier(ctx, mod)
+def kiwi_idle(ctx: Ctx) -> dict[str, float]:
+    with _kiwi_connect(ctx) as comm:
+        ident = _kiwi_rpc_identifier(ctx)
         comm.add_rpc_subscriber(lambda _comm, body: body, identifier=ident)
         time.sleep(1.0)
         return {"mb": rss_mb()}
 
 
-def kiwi_pending(ctx: Ctx, mod: Any, exchange: str, exchange_type: str,
-                 key_format: str, durable: bool) -> dict[str, float]:
+# where each module sends an RPC: exchange, its type, routing key of an identifier, durable
+_RPC_ROUTES = {"kiwipy": ("kiwipy.messages", "topic", "[rpc].{}", False),
+               "postage": ("postage.rpc", "direct", "{}", True)}
+
+
+def kiwi_pending(ctx: Ctx) -> dict[str, float]:
     """10,000 rpc_send futures to an identifier whose queue has no consumer."""
     import pika
 
+    exchange, exchange_type, key_format, durable = _RPC_ROUTES[ctx.params["module"]]
     ident = ctx.name("kiwi-pending")
     conn = pika.BlockingConnection(pika.URLParameters(ctx.url))
     ch = conn.channel()
@@ -516,7 +511,7 @@ def kiwi_pending(ctx: Ctx, mod: Any, exchange: str, exchange_type: str,
     ch.queue_declare(ident, auto_delete=False)
     ch.queue_bind(ident, exchange, key_format.format(ident))
     conn.close()
-    with mod.connect(ctx.url) as comm:
+    with _kiwi_connect(ctx) as comm:
         comm.rpc_send(ident, PAYLOAD)  # warm up the reply path
         futures: list[Any] = []
 
@@ -534,39 +529,3 @@ def kiwi_pending(ctx: Ctx, mod: Any, exchange: str, exchange_type: str,
         for f in futures:
             f.cancel()
     return result
-
-
-def kiwipy_publish(ctx: Ctx) -> dict[str, float]:
-    import kiwipy
-
-    return kiwi_publish(ctx, kiwipy)
-
-
-def kiwipy_e2e(ctx: Ctx) -> dict[str, float]:
-    import kiwipy
-
-    return kiwi_e2e(ctx, kiwipy)
-
-
-def kiwipy_rpc_seq(ctx: Ctx) -> dict[str, float]:
-    import kiwipy
-
-    return kiwi_rpc_seq(ctx, kiwipy)
-
-
-def kiwipy_rpc_window(ctx: Ctx) -> dict[str, float]:
-    import kiwipy
-
-    return kiwi_rpc_window(ctx, kiwipy)
-
-
-def kiwipy_idle(ctx: Ctx) -> dict[str, float]:
-    import kiwipy
-
-    return kiwi_idle(ctx, kiwipy)
-
-
-def kiwipy_pending(ctx: Ctx) -> dict[str, float]:
-    import kiwipy
-
-    return kiwi_pending(ctx, kiwipy, "kiwipy.messages", "topic", "[rpc].{}", False)

@@ -15,24 +15,16 @@ from typing import Any
 from bench.common import (
     BODY,
     PAYLOAD,
+    Arrivals,
     Ctx,
     latency_result,
+    rpc_workload,
     rss_mb,
     run_async,
-    sequential_latencies,
+    warmup_count,
     windowed,
 )
-from bench.peers import (
-    PREFETCH,
-    kiwi_e2e,
-    kiwi_idle,
-    kiwi_pending,
-    kiwi_publish,
-    kiwi_rpc_seq,
-    kiwi_rpc_window,
-    measure_pending,
-    warmup_count,
-)
+from bench.peers import PREFETCH, measure_pending
 
 # ---------------------------------------------------------------------------------------
 # the core
@@ -75,13 +67,10 @@ async def core_e2e_async(ctx: Ctx, prefetch: int = PREFETCH) -> dict[str, float]
     try:
         name = ctx.name("core-e2e")
         await core.declare_queue(name, durable=True)
-        state = {"count": 0, "target": 0}
-        done = asyncio.Event()
+        arrivals = Arrivals()
 
         async def handler(_delivery: Any) -> None:
-            state["count"] += 1
-            if state["count"] >= state["target"]:
-                done.set()
+            arrivals.hit()
 
         await core.subscribe(name, handler, prefetch_count=prefetch)
         props = Properties(delivery_mode=PERSISTENT)
@@ -89,20 +78,11 @@ async def core_e2e_async(ctx: Ctx, prefetch: int = PREFETCH) -> dict[str, float]
         async def op(_i: int) -> None:
             await core.publish("", name, BODY, props)
 
-        async def run(n: int) -> float:
-            state["count"], state["target"] = 0, n
-            done.clear()
-            start = time.perf_counter()
-            await windowed(n, ctx.window, op, ctx)
-            await asyncio.wait_for(done.wait(), ctx.remaining())
-            return time.perf_counter() - start
-
-        await run(warmup_count(ctx))
-        elapsed = await run(ctx.n)
+        result = await arrivals.rate(ctx, op)
         await core.transport.delete_queue(name)
     finally:
         await core.close(5)
-    return {"rate": ctx.n / elapsed}
+    return result
 
 
 def core_e2e(ctx: Ctx) -> dict[str, float]:
@@ -130,11 +110,7 @@ async def _core_rpc(ctx: Ctx, window: int) -> dict[str, float]:
         async def op(_i: int) -> None:
             await core.call("", name, BODY, timeout=10)
 
-        await windowed(warmup_count(ctx), window, op, ctx)
-        if window == 1:
-            return latency_result(await sequential_latencies(ctx.n, op, ctx))
-        elapsed = await windowed(ctx.n, window, op, ctx)
-        return {"rate": ctx.n / elapsed}
+        return await rpc_workload(ctx, window, op)
     finally:
         await core.close(5)
 
@@ -229,13 +205,10 @@ async def _client_e2e(ctx: Ctx) -> dict[str, float]:
     client = await _client(ctx)
     try:
         name = ctx.name("client-e2e")
-        state = {"count": 0, "target": 0}
-        done = asyncio.Event()
+        arrivals = Arrivals()
 
         async def handler(_body: bytes) -> None:
-            state["count"] += 1
-            if state["count"] >= state["target"]:
-                done.set()
+            arrivals.hit()
 
         await client.receive("", name, name, handler, prefetch_count=PREFETCH, durable=True)
         props = Properties(delivery_mode=2)
@@ -243,20 +216,11 @@ async def _client_e2e(ctx: Ctx) -> dict[str, float]:
         async def op(_i: int) -> None:
             await client.publish("", name, BODY, props)
 
-        async def run(n: int) -> float:
-            state["count"], state["target"] = 0, n
-            done.clear()
-            start = time.perf_counter()
-            await windowed(n, ctx.window, op, ctx)
-            await asyncio.wait_for(done.wait(), ctx.remaining())
-            return time.perf_counter() - start
-
-        await run(warmup_count(ctx))
-        elapsed = await run(ctx.n)
+        result = await arrivals.rate(ctx, op)
         await client.core.transport.delete_queue(name)
     finally:
         await client.close(5)
-    return {"rate": ctx.n / elapsed}
+    return result
 
 
 def client_e2e(ctx: Ctx) -> dict[str, float]:
@@ -276,11 +240,7 @@ async def _client_rpc(ctx: Ctx, window: int) -> dict[str, float]:
         async def op(_i: int) -> None:
             await client.rpc("", name, BODY, timeout=10)
 
-        await windowed(warmup_count(ctx), window, op, ctx)
-        if window == 1:
-            return latency_result(await sequential_latencies(ctx.n, op, ctx))
-        elapsed = await windowed(ctx.n, window, op, ctx)
-        return {"rate": ctx.n / elapsed}
+        return await rpc_workload(ctx, window, op)
     finally:
         await client.close(5)
 
@@ -297,60 +257,6 @@ def client_rpc_window(ctx: Ctx) -> dict[str, float]:
 # the communicator (postage.connect, postage.aio.connect): kiwiPy's own code, run on Postage
 
 
-def comm_publish(ctx: Ctx) -> dict[str, float]:
-    import postage
-
-    return kiwi_publish(ctx, postage)
-
-
-def comm_e2e(ctx: Ctx) -> dict[str, float]:
-    import postage
-
-    return kiwi_e2e(ctx, postage)
-
-
-def comm_rpc_seq(ctx: Ctx) -> dict[str, float]:
-    import postage
-
-    return kiwi_rpc_seq(ctx, postage)
-
-
-def comm_rpc_window(ctx: Ctx) -> dict[str, float]:
-    import postage
-
-    return kiwi_rpc_window(ctx, postage)
-
-
-def comm_publish_windowed(ctx: Ctx) -> dict[str, float]:
-    import postage
-
-    return kiwi_publish(ctx, postage, send_window=ctx.window)
-
-
-def comm_e2e_windowed(ctx: Ctx) -> dict[str, float]:
-    import postage
-
-    return kiwi_e2e(ctx, postage, send_window=ctx.window)
-
-
-def comm_rpc_window_windowed(ctx: Ctx) -> dict[str, float]:
-    import postage
-
-    return kiwi_rpc_window(ctx, postage, send_window=64)
-
-
-def comm_idle(ctx: Ctx) -> dict[str, float]:
-    import postage
-
-    return kiwi_idle(ctx, postage)
-
-
-def comm_pending(ctx: Ctx) -> dict[str, float]:
-    import postage
-
-    return kiwi_pending(ctx, postage, "postage.rpc", "direct", "{}", True)
-
-
 async def _aio_comm_e2e(ctx: Ctx) -> dict[str, float]:
     from postage import aio
 
@@ -358,13 +264,10 @@ async def _aio_comm_e2e(ctx: Ctx) -> dict[str, float]:
     try:
         queue = await _maybe_await(comm.task_queue(ctx.name("aiocomm-e2e"),
                                                    prefetch_count=PREFETCH))
-        state = {"count": 0, "target": 0}
-        done = asyncio.Event()
+        arrivals = Arrivals()
 
         async def on_task(_comm: Any, _task: Any) -> bool:
-            state["count"] += 1
-            if state["count"] >= state["target"]:
-                done.set()
+            arrivals.hit()
             return True
 
         await _maybe_await(queue.add_task_subscriber(on_task))
@@ -372,19 +275,10 @@ async def _aio_comm_e2e(ctx: Ctx) -> dict[str, float]:
         async def op(_i: int) -> None:
             await queue.task_send(PAYLOAD, no_reply=True)
 
-        async def run(n: int) -> float:
-            state["count"], state["target"] = 0, n
-            done.clear()
-            start = time.perf_counter()
-            await windowed(n, ctx.window, op, ctx)
-            await asyncio.wait_for(done.wait(), ctx.remaining())
-            return time.perf_counter() - start
-
-        await run(warmup_count(ctx))
-        elapsed = await run(ctx.n)
+        result = await arrivals.rate(ctx, op)
     finally:
         await _maybe_await(comm.close())
-    return {"rate": ctx.n / elapsed}
+    return result
 
 
 def aio_comm_e2e(ctx: Ctx) -> dict[str, float]:
@@ -409,11 +303,7 @@ async def _aio_comm_rpc(ctx: Ctx, window: int) -> dict[str, float]:
             if isinstance(result, asyncio.Future):
                 await result
 
-        await windowed(warmup_count(ctx), window, op, ctx)
-        if window == 1:
-            return latency_result(await sequential_latencies(ctx.n, op, ctx))
-        elapsed = await windowed(ctx.n, window, op, ctx)
-        return {"rate": ctx.n / elapsed}
+        return await rpc_workload(ctx, window, op)
     finally:
         await _maybe_await(comm.close())
 
