@@ -31,7 +31,7 @@ def test_doc_example_runs(index: int, broker_url: str, tmp_path: Path) -> None:
     script = tmp_path / f"example_{index}.py"
     script.write_text(BLOCKS[index], encoding="utf-8")
     env = {**os.environ, "POSTAGE_URL": broker_url}
-    names = Names()
+    names = Names("client")
     names.queues += ["docs.dogs", "docs.sum", "docs.square"]
     names.exchanges += ["docs.animals", "docs.tools", "docs.math"]
     try:

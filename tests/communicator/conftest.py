@@ -14,7 +14,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -23,41 +22,8 @@ import pytest
 
 import postage
 import postage.aio
+from tests.names import Names, pika_cleanup
 from tests.pika_helpers import pika_read  # noqa: F401 - re-exported to the tests
-
-
-class Names:
-    """Unique names; queues (with their ``.dlq``) and exchanges are deleted afterwards."""
-
-    def __init__(self) -> None:
-        self.queues: list[str] = []
-        self.exchanges: list[str] = []
-
-    def queue(self, prefix: str = "q") -> str:
-        name = f"test.comm.{prefix}.{uuid.uuid4().hex[:10]}"
-        self.queues.append(name)
-        return name
-
-    def exchange(self, prefix: str = "x") -> str:
-        name = f"test.comm.{prefix}.{uuid.uuid4().hex[:10]}"
-        self.exchanges.append(name)
-        return name
-
-    def identifier(self, prefix: str = "rpc") -> str:
-        return f"test.comm.{prefix}.{uuid.uuid4().hex[:10]}"
-
-
-def pika_cleanup(url: str, names: Names) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        for queue in names.queues:
-            for name in (queue, f"{queue}.dlq", f"{queue}.dlq.dlq"):
-                channel.queue_delete(name)
-        for exchange in names.exchanges:
-            channel.exchange_delete(exchange)
-    finally:
-        connection.close()
 
 
 def pika_queue_state(url: str, queue: str) -> tuple[int, int]:
@@ -72,7 +38,7 @@ def pika_queue_state(url: str, queue: str) -> tuple[int, int]:
 
 @pytest.fixture
 def names(broker_url: str) -> Iterator[Names]:
-    created = Names()
+    created = Names("comm")
     yield created
     pika_cleanup(broker_url, created)
 

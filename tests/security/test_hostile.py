@@ -16,8 +16,8 @@ from postage import EncodingError, Properties
 from postage._core import HEADER_REASON, Core, open_core
 from postage._envelope import build_envelope
 from postage._transport import Delivery
-
-from ..client.conftest import Names, pika_cleanup, pika_read
+from tests.names import Names, pika_cleanup
+from tests.pika_helpers import pika_read
 
 LIMIT = 1024 * 1024
 GOOD = build_envelope("command", "ping", content={"n": 1})
@@ -107,9 +107,10 @@ class Dispatcher:
 async def _run_batch(
     consumer: Core, publisher: Core, broker_url: str, inputs: list[tuple[str, bytes, str | None]]
 ) -> tuple[Dispatcher, list[tuple[Any, bytes]], str]:
-    names = Names()
+    names = Names("hostile")
     queue = f"test.hostile.{uuid.uuid4().hex[:10]}"
     names.queues.append(queue)
+    sub = None
     try:
         await consumer.declare_queue(queue)
         dispatcher = Dispatcher(consumer)
@@ -123,6 +124,8 @@ async def _run_batch(
         assert sub.consumer is not None and sub.consumer.active
         return dispatcher, dead, queue
     finally:
+        if sub is not None:  # first, or recovery would declare the deleted queue again
+            await sub.cancel()
         await asyncio.to_thread(pika_cleanup, broker_url, names)
 
 

@@ -243,8 +243,9 @@ async def test_async_client_size_limit(broker_url: str) -> None:
     async with AsyncClient(broker_url, max_message_size=LIMIT) as client, \
             AsyncClient(broker_url) as sender:
         reconnections = client.core.transport.reconnections
+        receiver = None
         try:
-            await client.receive("", "", queue, handler, durable=True)
+            receiver = await client.receive("", "", queue, handler, durable=True)
             oversize: Inputs = [
                 ("over-size", b"x" * (LIMIT + 1), None),
                 ("over-size", b'{"pad": "' + b"x" * LIMIT + b'"}', JSON),
@@ -259,6 +260,8 @@ async def test_async_client_size_limit(broker_url: str) -> None:
                                            len(oversize), 30)
             assert client.core.transport.reconnections == reconnections
         finally:
+            if receiver is not None:  # first, or recovery would declare the queue again
+                await receiver.cancel()
             await asyncio.to_thread(_delete, broker_url, [queue])
     _check_dead(dead, oversize)
     assert len(seen.items) == 2

@@ -9,13 +9,13 @@ in-memory broker (``postage.testing``); a difference in behaviour is a bug of th
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
 from postage import PostageError
 from postage._core import Core, open_core
+from tests.names import Names
 
 
 @pytest.fixture(params=[pytest.param("rabbitmq", marks=pytest.mark.broker), "memory"])
@@ -25,27 +25,9 @@ def url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("postage_url"))
 
 
-class Names:
-    """Unique names for queues and exchanges; those are deleted (with any ``.dlq``) at the end."""
-
-    def __init__(self) -> None:
-        self.queues: list[str] = []
-        self.exchanges: list[str] = []
-
-    def queue(self, prefix: str = "q") -> str:
-        name = f"test.contract.{prefix}.{uuid.uuid4().hex[:10]}"
-        self.queues.append(name)
-        return name
-
-    def exchange(self, prefix: str = "x") -> str:
-        name = f"test.contract.{prefix}.{uuid.uuid4().hex[:10]}"
-        self.exchanges.append(name)
-        return name
-
-
 @pytest.fixture
 def names() -> Names:
-    return Names()
+    return Names("contract")
 
 
 @pytest.fixture
