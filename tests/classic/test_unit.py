@@ -12,8 +12,9 @@ import pytest
 from postage import ConfigurationError, EncodingError, messaging, microthreads
 from postage._classic import _runtime
 from postage._classic._messages import message_from_body
-from postage._classic._processor import QueueDecl, _pairs
+from postage._classic._processor import _pairs, queue_spec
 from postage._classic._producer import _default_build
+from postage._properties import QueueSpec
 
 # -- messages ------------------------------------------------------------------------------
 
@@ -100,12 +101,12 @@ def test_exchange_parameters_class_property() -> None:
 # -- consumers: eqk ----------------------------------------------------------------------
 
 def test_queue_flags() -> None:
-    assert QueueDecl.of("q") == QueueDecl("q")
-    assert QueueDecl.of({"name": "q", "flags": {"auto_delete": True}}).auto_delete
+    assert queue_spec("q") == QueueSpec("q")
+    assert queue_spec({"name": "q", "flags": {"auto_delete": True}}).auto_delete
     with pytest.raises(ConfigurationError):
-        QueueDecl.of({"name": "q", "flags": {"bogus": 1}})
+        queue_spec({"name": "q", "flags": {"bogus": 1}})
     with pytest.raises(ConfigurationError):
-        QueueDecl.of(42)  # type: ignore[arg-type]
+        queue_spec(42)  # type: ignore[arg-type]
 
 
 def test_eqk_forms() -> None:

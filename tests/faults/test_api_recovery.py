@@ -34,7 +34,7 @@ from postage import (
 )
 from postage._classic import _runtime
 from postage._communicator import open_communicator
-from postage._core import open_core
+from postage._core import Core, open_core
 from tests.conftest import Broker
 from tests.faults.proxy import TcpProxy
 from tests.faults.scenario import Figures, Tally, drive_stream
@@ -71,12 +71,22 @@ async def _delete_queues(url: str, *queues: str) -> None:
         await core.close(2)
 
 
-def _fault(kind: str, proxy: TcpProxy, broker: Broker) -> Callable[[], Awaitable[None]]:
+def _fault(kind: str, proxy: TcpProxy, broker: Broker,
+           recovering: Core | None = None) -> Callable[[], Awaitable[None]]:
+    """A fault to inject; with ``recovering``, a close_all returns once that core has
+    reconnected, so the next fault cannot land while it is still reconnecting (and be
+    missed by the count of reconnections)."""
     async def cut() -> None:
         proxy.cut()
 
     async def close_all() -> None:
+        before = recovering.transport.reconnections if recovering is not None else 0
         await asyncio.to_thread(broker.ctl, "close_all_connections", "fault test")
+        if recovering is not None:
+            async def back() -> bool:
+                return recovering.transport.reconnections > before
+
+            await _eventually("the connection to come back", back)
 
     return cut if kind == "cut" else close_all
 
@@ -173,7 +183,8 @@ async def test_classic_producer_to_processor_through_faults(
     try:
         async with scheduled(processor):
             fig = await drive_stream(scenario, "classic", send, tally, count=2000,
-                                     fault=_fault(kind, proxy, fault_broker),
+                                     fault=_fault(kind, proxy, fault_broker,
+                                                  processor.consumer.core),
                                      fault_after=after, concurrency=8, deadline=45)
         reconnections = processor.consumer.core.transport.reconnections
     finally:

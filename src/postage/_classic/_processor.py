@@ -49,7 +49,7 @@ from .._core import Core, RetryPolicy, Subscription
 from .._encoding import Encoder, JsonEncoder, check_encoder
 from .._envelope import decode_envelope
 from .._exceptions import ConfigurationError
-from .._properties import Properties
+from .._properties import Properties, QueueSpec
 from .._transport import Delivery
 from ..microthreads import MicroThread
 from . import _runtime
@@ -62,32 +62,21 @@ QUEUE_FLAGS = frozenset({"durable", "exclusive", "auto_delete", "arguments"})
 DeliveryHandler = Callable[[Delivery], Awaitable[None]]
 
 
-@dataclass(frozen=True, slots=True)
-class QueueDecl:
-    """A queue of an eqk: its name and declaration flags."""
-
-    name: str
-    durable: bool = False
-    exclusive: bool = False
-    auto_delete: bool = False
-    arguments: tuple[tuple[str, Any], ...] = ()
-
-    @classmethod
-    def of(cls, queue: str | dict[str, Any]) -> QueueDecl:
-        """Accept a queue name or ``{'name': ..., 'flags': {...}}``."""
-        if isinstance(queue, str):
-            return cls(queue)
-        if isinstance(queue, dict) and isinstance(queue.get("name"), str):
-            flags = dict(queue.get("flags") or {})
-            unknown = set(flags) - QUEUE_FLAGS
-            if unknown:
-                raise ConfigurationError(f"unknown queue flags: {', '.join(sorted(unknown))}")
-            return cls(
-                queue["name"], bool(flags.get("durable", False)),
-                bool(flags.get("exclusive", False)), bool(flags.get("auto_delete", False)),
-                tuple(sorted(dict(flags.get("arguments") or {}).items())),
-            )
-        raise ConfigurationError(f"a queue is a name or {{'name', 'flags'}}, not {queue!r}")
+def queue_spec(queue: str | dict[str, Any]) -> QueueSpec:
+    """The queue of an eqk: a queue name or ``{'name': ..., 'flags': {...}}``."""
+    if isinstance(queue, str):
+        return QueueSpec(queue)
+    if isinstance(queue, dict) and isinstance(queue.get("name"), str):
+        flags = dict(queue.get("flags") or {})
+        unknown = set(flags) - QUEUE_FLAGS
+        if unknown:
+            raise ConfigurationError(f"unknown queue flags: {', '.join(sorted(unknown))}")
+        return QueueSpec(
+            queue["name"], bool(flags.get("durable", False)),
+            bool(flags.get("exclusive", False)), bool(flags.get("auto_delete", False)),
+            tuple(sorted(dict(flags.get("arguments") or {}).items())),
+        )
+    raise ConfigurationError(f"a queue is a name or {{'name', 'flags'}}, not {queue!r}")
 
 
 def _pairs(eqk: Sequence[Any]) -> list[tuple[type[Exchange], Sequence[Any]]]:
@@ -124,7 +113,7 @@ class GenericConsumer:
         if eqk:
             self.eqk = eqk
         self.qk_list: list[tuple[str, str]] = []
-        self._queues: dict[str, QueueDecl] = {}
+        self._queues: dict[str, QueueSpec] = {}
         self._subscriptions: dict[str, Subscription] = {}
         self._active: set[str] = set()
         self._callback: DeliveryHandler | None = None
@@ -138,7 +127,7 @@ class GenericConsumer:
             for queue, key in qk_list:
                 self.queue_bind(exchange, queue, key)
 
-    async def _declare_queue(self, decl: QueueDecl) -> None:
+    async def _declare_queue(self, decl: QueueSpec) -> None:
         if self._queues.get(decl.name) != decl:
             await self.core.declare_queue(
                 decl.name, durable=decl.durable, exclusive=decl.exclusive,
@@ -171,7 +160,7 @@ class GenericConsumer:
                    key: str) -> None:
         """Declare ``exchange_class`` and ``queue``, bind them with ``key``; if consuming
         already, start consuming the queue too (works at runtime, from handlers)."""
-        decl = QueueDecl.of(queue)
+        decl = queue_spec(queue)
 
         async def bind() -> None:
             log.debug("consumer %s: binding queue %s to %s with key %s",
@@ -188,7 +177,7 @@ class GenericConsumer:
     def queue_unbind(self, exchange_class: type[Exchange], queue: str | dict[str, Any],
                      key: str) -> None:
         """Remove the binding of ``queue`` to ``exchange_class`` with ``key``."""
-        name = QueueDecl.of(queue).name
+        name = queue_spec(queue).name
 
         async def unbind() -> None:
             await self.core.unbind(name, exchange_class.name, key)
@@ -199,7 +188,7 @@ class GenericConsumer:
 
     def queue_unsubscribe(self, queue: str | dict[str, Any]) -> None:
         """Stop consuming ``queue`` (without waiting: safe from a handler of that queue)."""
-        name = QueueDecl.of(queue).name
+        name = queue_spec(queue).name
         self.qk_list = [(q, k) for q, k in self.qk_list if q != name]
         self._queues.pop(name, None)
         self._active.discard(name)
