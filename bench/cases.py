@@ -1,4 +1,4 @@
-"""The catalogue: every case (one implementation of one workload) and the issue's targets."""
+"""The catalogue: every case (one implementation of one workload) and Postage's speed targets."""
 
 from __future__ import annotations
 
@@ -167,7 +167,7 @@ class Target:
     op: str  # ">=" or "<="
     bound: float
     peer: str | None = None  # None: absolute (MiB)
-    reference: bool = False  # the core as a stand-in: informative, not the issue's target
+    reference: bool = False  # the core as a stand-in: informative, not one of the speed targets
     opt_in: bool = False  # measured with an explicit opt-in, beside the default's row
 
 

@@ -155,7 +155,7 @@ def markdown(doc: dict[str, Any]) -> str:
               "for one-thread senders (sends return before their confirm; failures reach "
               "the futures or a later call): the default rows above them keep one confirm "
               "per call. Rows starting with (core) use the core directly: the reference "
-              "path all APIs are built on, not one of the issue's targets.", "",
+              "path all APIs are built on, not one of the speed targets.", "",
               "## Results", ""]
     for wl, title in WORKLOADS.items():
         rows = [r for r in doc["results"] if r["workload"] == wl]
@@ -209,7 +209,7 @@ def chart(doc: dict[str, Any], path: Path) -> bool:
     ax.set_yticks(y, labels, fontsize=8)
     ax.axvline(1.0, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("Postage's advantage (x peer, or limit / value for memory); higher is better")
-    ax.set_title("Targets of issue 8 (green: met, red: not met; pale: opt-in or core reference)")
+    ax.set_title("Speed targets (green: met, red: not met; pale: opt-in or core reference)")
     ax.legend(loc="lower right", fontsize=8)
     scale = [r for r in doc["results"] if r["workload"] == "scaling" and r.get("median")]
     for impl in sorted({r["impl"] for r in scale}):
