@@ -128,7 +128,7 @@ class SendWindow:
             task: asyncio.Future[Any]
             try:
                 task = asyncio.ensure_future(fn(*args), loop=loop)
-            except BaseException as exc:  # fn raised before returning an awaitable
+            except Exception as exc:  # fn raised before returning an awaitable
                 task = loop.create_future()
                 task.set_exception(exc)
             self._tasks.add(task)
