@@ -41,6 +41,7 @@ from ._exceptions import (
 )
 from ._fingerprint import Fingerprint
 from ._gather import GatherReply
+from ._presence import ComponentState, PresenceWatcher
 from ._properties import Properties
 from ._settings import ConnectionSettings, TlsOptions
 
@@ -53,6 +54,7 @@ __all__ = [
     "BroadcastFilter",
     "ChannelError",
     "Communicator",
+    "ComponentState",
     "ConfigurationError",
     "ConnectionClosed",
     "ConnectionError",
@@ -68,6 +70,7 @@ __all__ = [
     "NotFound",
     "PostageError",
     "PreconditionFailed",
+    "PresenceWatcher",
     "Properties",
     "PublishError",
     "PublishNacked",

@@ -209,17 +209,25 @@ class ComponentState:
 class PresenceWatcher:
     """Follow the presence exchange: who is online, who left, who went silent.
 
+    Built on a Core or on what has one: ``PresenceWatcher(client)`` for an
+    :class:`~postage.AsyncClient`, ``PresenceWatcher(comm.aio)`` for a communicator.
     ``await start()`` (or ``async with``) binds an exclusive queue to ``status.#``;
     :meth:`probe` asks every announcer to answer at once. ``on_change(state)`` (optional,
     called on the loop) sees every status message. ``components()`` lists the live ones,
     ``dead()`` those silent for :data:`DEAD_AFTER` intervals.
     """
 
-    def __init__(self, core: Core, *, exchange: str = PRESENCE_EXCHANGE,
+    def __init__(self, core: Core | Any, *, exchange: str = PRESENCE_EXCHANGE,
                  default_interval: float = DEFAULT_INTERVAL,
                  on_change: Callable[[ComponentState], None] | None = None,
                  fingerprint: Mapping[str, Any] | None = None) -> None:
-        self.core = core
+        # a Core, or what has one: an AsyncClient, an asyncio communicator
+        source = getattr(core, "core", core)
+        if not isinstance(source, Core):
+            raise ConfigurationError(
+                "PresenceWatcher needs a Core or an object with one (AsyncClient, "
+                f"postage.aio communicator), not {type(core).__name__}")
+        self.core: Core = source
         self.exchange = exchange
         self.default_interval = default_interval
         self.on_change = on_change

@@ -343,3 +343,26 @@ async def test_client_on_a_shared_core(broker_url: str, names: Names) -> None:
         await core.close(5)
     with pytest.raises(TypeError):
         AsyncClient(broker_url, core=core)
+
+
+async def test_presence_watcher_on_a_client_sees_an_announcing_communicator(
+        client: AsyncClient, broker_url: str) -> None:
+    with pytest.raises(postage.ConfigurationError):
+        postage.PresenceWatcher(object())
+    name = f"test.client.presence.{time.monotonic_ns()}"
+    async with postage.PresenceWatcher(client) as watcher:
+        async with postage.aio.connect(broker_url) as comm:
+            await comm.announce({"name": name, "type": "test"}, interval=5)
+            deadline = time.monotonic() + 10
+            while watcher.get({"name": name, "type": "test"}) is None:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            state = watcher.get({"name": name, "type": "test"})
+            assert isinstance(state, postage.ComponentState) and state.alive()
+        # closing the communicator says offline
+        deadline = time.monotonic() + 10
+        while (state := watcher.get({"name": name, "type": "test"})) is None or \
+                state.status != "offline":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert name not in {s.fingerprint.get("name") for s in watcher.components()}
