@@ -42,6 +42,8 @@ def _non_finite(obj: Any) -> bool:
     while stack:
         item = pop()
         kind = type(item)
+        if kind is str or item is None or kind is int or kind is bool:
+            continue  # the common leaves: settled with one look, no isinstance
         if kind is dict:
             push_all(item.values())
         elif kind is list or kind is tuple:
