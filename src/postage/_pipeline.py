@@ -12,7 +12,7 @@ close. Nothing is lost silently.
 
 from __future__ import annotations
 
-__all__ = ["SendWindow"]
+__all__ = ["SendWindow", "send_failure"]
 
 import asyncio
 import collections
@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._exceptions import ConfigurationError, ConnectionClosed, DeliveryTimeout, WrongThreadError
+from ._exceptions import ConfigurationError, ConnectionClosed, DeliveryTimeout
 from ._portal import BlockingPortal
 
 log = logging.getLogger("postage.pipeline")
@@ -59,11 +59,6 @@ class SendWindow:
 
     # -- sending thread -----------------------------------------------------------------
 
-    def _check_thread(self) -> None:
-        if self._portal.in_loop_thread:  # waiting there would stall the loop it waits for
-            raise WrongThreadError("a blocking Postage call was made from the event loop's "
-                                   "own thread; use the asyncio API there")
-
     def raise_failure(self) -> None:
         """Raise the first failure of an earlier fire-and-forget send (once)."""
         if not self._failures:
@@ -84,7 +79,7 @@ class SendWindow:
         once unless ``depth`` sends are unconfirmed (then wait, at most the timeout, for
         one to finish). ``done(task)`` runs on the loop with the finished task; without
         it, a failure is raised by a later call of this window."""
-        self._check_thread()
+        self._portal.check_thread()
         self.raise_failure()
         with self._cond:
             if self._inflight >= self._depth:
@@ -110,7 +105,7 @@ class SendWindow:
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every send is confirmed or failed (at most ``timeout`` s, default
         the window's timeout), then raise the first fire-and-forget failure, if any."""
-        self._check_thread()
+        self._portal.check_thread()
         wait = self._timeout if timeout is None else timeout
         with self._cond:
             if not self._cond.wait_for(lambda: self._inflight == 0, wait):
@@ -135,10 +130,7 @@ class SendWindow:
             task.add_done_callback(self._finished if done is None else _Finish(self, done))
 
     def _finished(self, task: asyncio.Future[Any]) -> None:
-        failure: BaseException | None = (
-            ConnectionClosed("a pipelined send was cancelled") if task.cancelled()
-            else task.exception())
-        self._settle(task, failure)
+        self._settle(task, send_failure(task))
 
     def _settle(self, task: asyncio.Future[Any], failure: BaseException | None) -> None:
         self._tasks.discard(task)
@@ -147,6 +139,13 @@ class SendWindow:
                 self._failures.append(failure)
             self._inflight -= 1
             self._cond.notify_all()
+
+
+def send_failure(task: asyncio.Future[Any]) -> BaseException | None:
+    """What made a finished send fail (a cancelled one: ConnectionClosed), or None."""
+    if task.cancelled():
+        return ConnectionClosed("a pipelined send was cancelled")
+    return task.exception()
 
 
 class _Finish:

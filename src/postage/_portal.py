@@ -104,6 +104,15 @@ class BlockingPortal:
     def in_loop_thread(self) -> bool:
         return threading.current_thread() is self._thread
 
+    def check_thread(self) -> None:
+        """Raise WrongThreadError in the loop's own thread, where a blocking wait for
+        the loop would deadlock."""
+        if threading.get_ident() == self._thread_id:
+            raise WrongThreadError(
+                "a blocking Postage call was made from the event loop's own thread "
+                "(inside an async handler?); use the asyncio API there"
+            )
+
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Schedule ``coro`` on the loop; return a concurrent future of its result."""
         if self._stopped:
@@ -122,11 +131,7 @@ class BlockingPortal:
         chained-future callbacks). A call that times out (or is interrupted) cancels its
         task.
         """
-        if threading.get_ident() == self._thread_id:
-            raise WrongThreadError(
-                "a blocking Postage call was made from the event loop's own thread "
-                "(inside an async handler?); use the asyncio API there"
-            )
+        self.check_thread()
         if self._stopped:
             raise ConnectionClosed("the event loop thread has stopped")
         call = _Call(fn, args)

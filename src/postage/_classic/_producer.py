@@ -145,24 +145,18 @@ class GenericProducer:
         return self.encoder.encode(message.body)
 
     def _publish(self, eks: list[EK], body: bytes, what: str) -> None:
-        core, props = self._core, self._properties()
+        props = self._properties()
+        targets = [(exchange.name, key) for exchange, key in eks]
         if self.pipeline:
             if self._pipeline is None:
                 self._pipeline = SendWindow(_runtime.portal(), self.pipeline,
                                             self.publish_timeout)
-            targets = [(exchange.name, key) for exchange, key in eks]
             log.debug("--> %s: %s to %s (pipelined)", type(self).__name__, what, targets)
             self._pipeline.submit(self._publish_to, (targets, body, props))
             return
-
-        async def publish_all() -> None:
-            for exchange, key in eks:
-                log.debug("--> %s: %s to (%s, %s)", type(self).__name__, what,
-                          exchange.name, key)
-                await core.publish(exchange.name, key, body, props,
-                                   mandatory=self.mandatory, timeout=self.publish_timeout)
-
-        _runtime.portal().call(publish_all, timeout=self.publish_timeout * len(eks) + 5)
+        log.debug("--> %s: %s to %s", type(self).__name__, what, targets)
+        _runtime.portal().call(self._publish_to, targets, body, props,
+                               timeout=self.publish_timeout * len(targets) + 5)
 
     async def _publish_to(self, targets: list[tuple[str, str]], body: bytes,
                           props: Properties) -> None:

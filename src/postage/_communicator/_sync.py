@@ -19,10 +19,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .._exceptions import ConfigurationError, ConnectionClosed
+from .._exceptions import ConfigurationError
 from .._fingerprint import Fingerprint
 from .._gather import GatherReply
-from .._pipeline import SendWindow
+from .._pipeline import SendWindow, send_failure
 from .._portal import BlockingPortal, default_portal
 from .._signals import SignalCatcher
 from ._async import AsyncCommunicator, AsyncTaskQueue, Subscriber, open_communicator
@@ -72,10 +72,7 @@ class _ReplyFuture(concurrent.futures.Future[T]):
     def follow_send(self, task: asyncio.Future[asyncio.Future[T] | None]) -> None:
         """The outcome of a pipelined send (on the loop): its failure, or the asyncio
         future to follow from now on (None: a task sent without reply)."""
-        if task.cancelled():
-            exc: BaseException | None = ConnectionClosed("the send was cancelled")
-        else:
-            exc = task.exception()
+        exc = send_failure(task)
         if exc is not None:
             with contextlib.suppress(concurrent.futures.InvalidStateError):
                 self.set_exception(exc)
