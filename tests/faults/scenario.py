@@ -122,7 +122,9 @@ async def drive_stream(
     """Like :func:`stream_through_faults`, through any API: ``send(i)`` returns once message
     ``i`` is confirmed (a PostageError counts as a publish error); the API's receiving
     side calls ``tally.record(i)``. Faults run when the confirmed count passes each of
-    ``fault_after``; the figures are counted once every confirmed number has arrived (or
+    ``fault_after``; sends not yet started wait while a fault is being injected (those in
+    flight cross it), so a fault that takes a while to inject, such as a ``rabbitmqctl``
+    call, still lands mid-stream however fast the stream is; the figures are counted once every confirmed number has arrived (or
     ``deadline`` has passed)."""
     fig = Figures(scenario, api)
     confirmed: set[int] = set()
@@ -132,6 +134,8 @@ async def drive_stream(
     recovered_after: list[float] = []
     pending_faults = sorted(fault_after)
     fault_lock = asyncio.Lock()
+    quiet = asyncio.Event()  # cleared while a fault is being injected
+    quiet.set()
     sem = asyncio.Semaphore(concurrency)
 
     async def maybe_fault() -> None:
@@ -139,11 +143,16 @@ async def drive_stream(
             while pending_faults and len(confirmed) >= pending_faults[0]:
                 pending_faults.pop(0)
                 fig.faults += 1
-                await fault()
+                quiet.clear()
+                try:
+                    await fault()
+                finally:
+                    quiet.set()
                 fault_times.append(time.perf_counter())
 
     async def one(i: int) -> None:
         async with sem:
+            await quiet.wait()
             if time.perf_counter() > stop_at:
                 return  # out of time: not sent
             fig.sent += 1
