@@ -124,8 +124,8 @@ async def drive_stream(
     side calls ``tally.record(i)``. Faults run when the confirmed count passes each of
     ``fault_after``; sends not yet started wait while a fault is being injected (those in
     flight cross it), so a fault that takes a while to inject, such as a ``rabbitmqctl``
-    call, still lands mid-stream however fast the stream is; the figures are counted once every confirmed number has arrived (or
-    ``deadline`` has passed)."""
+    call, still lands mid-stream however fast the stream is. The figures are counted once
+    every confirmed number has arrived (or ``deadline`` has passed)."""
     fig = Figures(scenario, api)
     confirmed: set[int] = set()
     start = time.perf_counter()
