@@ -116,3 +116,36 @@ def test_calls_from_the_loop_thread_are_refused(portal: BlockingPortal) -> None:
         return refused
 
     assert portal.call(from_loop) == ["refused", "refused"]
+
+
+def test_a_full_window_wakes_its_sender_when_half_of_it_is_free(
+    portal: BlockingPortal,
+) -> None:
+    window = SendWindow(portal, 8, 5.0)
+    gates = [asyncio.Event() for _ in range(9)]
+
+    async def gated(i: int) -> None:
+        await gates[i].wait()
+
+    for i in range(8):
+        window.submit(gated, (i,))
+    assert window.inflight == 8
+    submitted = threading.Event()
+
+    def ninth() -> None:
+        window.submit(gated, (8,))
+        submitted.set()
+
+    sender = threading.Thread(target=ninth)
+    sender.start()
+    for i in range(3):  # 7, 6, 5 in flight: a slot is free, the sender still sleeps
+        portal.call_soon(gates[i].set)
+    assert not submitted.wait(0.3)
+    assert window.inflight == 5
+    portal.call_soon(gates[3].set)  # 4 in flight: half the window is free
+    assert submitted.wait(5)
+    sender.join(5)
+    for gate in gates:
+        portal.call_soon(gate.set)
+    window.flush()
+    assert window.inflight == 0

@@ -43,6 +43,10 @@ class SendWindow:
         self._timeout = timeout
         self._cond = threading.Condition(threading.Lock())
         self._inflight = 0
+        # a sender that found the window full sleeps until half of it is free (a flush,
+        # until all of it is): one thread wake-up per half window, not one per confirm
+        self._low_water = depth // 2
+        self._sleepers = 0
         self._queue: collections.deque[_Send] = collections.deque()
         self._scheduled = False
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -84,12 +88,16 @@ class SendWindow:
         with self._cond:
             if self._inflight >= self._depth:
                 deadline = time.monotonic() + self._timeout
-                while self._inflight >= self._depth:
-                    left = deadline - time.monotonic()
-                    if left <= 0 or not self._cond.wait(left):
-                        raise DeliveryTimeout(
-                            f"no confirm freed a slot of the send window within "
-                            f"{self._timeout:g} s")
+                self._sleepers += 1
+                try:
+                    while self._inflight >= self._depth:
+                        left = deadline - time.monotonic()
+                        if left <= 0 or not self._cond.wait(left):
+                            raise DeliveryTimeout(
+                                f"no confirm freed a slot of the send window within "
+                                f"{self._timeout:g} s")
+                finally:
+                    self._sleepers -= 1
             self._inflight += 1
         self._queue.append((fn, args, done))
         if not self._scheduled:
@@ -108,9 +116,13 @@ class SendWindow:
         self._portal.check_thread()
         wait = self._timeout if timeout is None else timeout
         with self._cond:
-            if not self._cond.wait_for(lambda: self._inflight == 0, wait):
-                raise DeliveryTimeout(
-                    f"{self._inflight} pipelined sends not confirmed within {wait:g} s")
+            self._sleepers += 1
+            try:
+                if not self._cond.wait_for(lambda: self._inflight == 0, wait):
+                    raise DeliveryTimeout(
+                        f"{self._inflight} pipelined sends not confirmed within {wait:g} s")
+            finally:
+                self._sleepers -= 1
         self.raise_failure()
 
     # -- event loop ---------------------------------------------------------------------
@@ -138,7 +150,8 @@ class SendWindow:
             if failure is not None:
                 self._failures.append(failure)
             self._inflight -= 1
-            self._cond.notify_all()
+            if self._sleepers and self._inflight <= self._low_water:
+                self._cond.notify_all()
 
 
 def send_failure(task: asyncio.Future[Any]) -> BaseException | None:
