@@ -113,17 +113,22 @@ class SendWindow:
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every send is confirmed or failed (at most ``timeout`` s, default
         the window's timeout), then raise the first fire-and-forget failure, if any."""
-        self._portal.check_thread()
         wait = self._timeout if timeout is None else timeout
+        if not self.wait_settled(wait):
+            raise DeliveryTimeout(
+                f"{self._inflight} pipelined sends not confirmed within {wait:g} s")
+        self.raise_failure()
+
+    def wait_settled(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until every send is confirmed or failed; False if
+        some still are not. Unlike :meth:`flush`, raises no failure (it stays kept)."""
+        self._portal.check_thread()
         with self._cond:
             self._sleepers += 1
             try:
-                if not self._cond.wait_for(lambda: self._inflight == 0, wait):
-                    raise DeliveryTimeout(
-                        f"{self._inflight} pipelined sends not confirmed within {wait:g} s")
+                return self._cond.wait_for(lambda: self._inflight == 0, timeout)
             finally:
                 self._sleepers -= 1
-        self.raise_failure()
 
     # -- event loop ---------------------------------------------------------------------
 

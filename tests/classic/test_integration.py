@@ -245,9 +245,7 @@ def test_pipelined_messages_all_arrive_and_failures_surface_later(
         producer.flush()  # raised once
         # ... and so does the next call, once the broker has answered
         producer.message_work(_key="nobody-listens")
-        pipeline = producer._pipeline
-        with pipeline._cond:
-            assert pipeline._cond.wait_for(lambda: pipeline._inflight == 0, 15)
+        assert producer._pipeline.wait_settled(15)
         with pytest.raises(postage.Unroutable):
             producer.message_work(50)
         producer.message_work(51)
