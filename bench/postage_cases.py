@@ -345,6 +345,7 @@ def _classic_setup(ctx: Ctx, serve: bool) -> tuple[Any, Any, str, str]:
 
     class BenchProducer(messaging.GenericProducer):  # type: ignore[misc,name-defined]
         eks = [(BenchExchange, key)]
+        persistent = True  # like every publish case: persistent messages, confirms
 
     from postage._portal import BlockingPortal
 

@@ -120,6 +120,25 @@ def test_pika_calls_an_rpc_handler_and_reads_a_producer_message(setup: Any, env_
         assert message["fingerprint"]["type"] == "test"
 
 
+def test_persistent_producers_send_persistent_messages(setup: Any, env_url: str) -> None:
+    exchange, _queue, _calls = setup
+    default = producer_for(exchange)  # (declares the exchange)
+    kept = type("Kept", (type(default),), {"persistent": True})(
+        messaging.Fingerprint("test_producer", "test").as_dict())
+    with pika.BlockingConnection(pika.URLParameters(env_url)) as conn:
+        channel = conn.channel()
+        plain = channel.queue_declare("", exclusive=True).method.queue
+        channel.queue_bind(plain, exchange.name, "kept-rk")
+        default.message_hello("transient", _key="kept-rk")
+        kept.message_hello("persistent", _key="kept-rk")
+        modes = {}
+        for _ in range(2):
+            method, props, raw = channel.basic_get(plain, auto_ack=True)
+            assert method is not None
+            modes[json.loads(raw)["content"]["parameters"]["args"][0]] = props.delivery_mode
+        assert modes == {"transient": None, "persistent": 2}
+
+
 def test_rpc_returns_message_objects(setup: Any) -> None:
     exchange, queue, calls = setup
     with running(make_processor(exchange, queue, calls)):

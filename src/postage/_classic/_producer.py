@@ -22,6 +22,10 @@ blocks while N are). Nothing is lost silently: a failed publish (Unroutable, nac
 connection, ...) is raised by the producer's next call, :meth:`GenericProducer.flush` or
 :meth:`GenericProducer.close`, which also wait until every message is confirmed.
 
+``persistent = True`` (a class attribute, default False as in the original library) sends
+``message_X``/``message``/``forward`` with ``delivery_mode`` 2: a durable queue keeps them
+on disk across a broker restart (the broker confirms them once they are written).
+
 All I/O is async code on the shared Core, submitted to the portal: write once, block here.
 """
 
@@ -49,7 +53,7 @@ from .._exceptions import (
 )
 from .._fingerprint import Fingerprint
 from .._pipeline import SendWindow
-from .._properties import Properties
+from .._properties import PERSISTENT, Properties
 from . import _runtime
 from ._messages import (
     Exchange,
@@ -86,6 +90,8 @@ class GenericProducer:
     publish_timeout: ClassVar[float] = 30.0
     pipeline: ClassVar[int] = 0
     """Unconfirmed one-way messages allowed in flight; 0: each waits for its confirm."""
+    persistent: ClassVar[bool] = False
+    """Send one-way messages with delivery_mode 2 (kept on disk by durable queues)."""
 
     def __init__(
         self, fingerprint: dict[str, Any] | None = None, hup: Any = None,
@@ -145,7 +151,7 @@ class GenericProducer:
         return self.encoder.encode(message.body)
 
     def _publish(self, eks: list[EK], body: bytes, what: str) -> None:
-        props = self._properties()
+        props = self._properties(delivery_mode=PERSISTENT if self.persistent else None)
         targets = [(exchange.name, key) for exchange, key in eks]
         if self.pipeline:
             if self._pipeline is None:
