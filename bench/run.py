@@ -168,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     # Repetitions are interleaved (every case once, then every case again...), so a slow
     # spell of the machine falls on Postage and its peers alike instead of on one case.
     results: list[dict[str, Any]] = []
-    runnable: list[tuple[int, Any, dict[str, Any], list[str]]] = []
+    runnable: list[tuple[str, Any, dict[str, Any], list[str]]] = []
     for i, case in enumerate(cases, 1):
+        head = f"[{i:2}/{len(cases)}] {case.workload:7} {case.impl} · {case.label}"
         entry: dict[str, Any] = {"id": case.id, "workload": case.workload, "impl": case.impl,
                                  "label": case.label, "metric": case.metric,
                                  "postage": case.postage, "runs": [],
@@ -178,13 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         why = available(case)
         if why:
             entry["status"] = why
-            print(f"[{i:2}/{len(cases)}] {case.workload:7} {case.impl} · {case.label}: {why}",
-                  file=sys.stderr, flush=True)
+            print(f"{head}: {why}", file=sys.stderr, flush=True)
             continue
-        runnable.append((i, case, entry, []))
+        runnable.append((head, case, entry, []))
     for r in range(repeat):
-        for i, case, entry, errors in runnable:
-            head = f"[{i:2}/{len(cases)}] {case.workload:7} {case.impl} · {case.label}"
+        for head, case, entry, errors in runnable:
             res = _run_one(case, args.url, args.quick, args.window)
             if "metrics" in res:
                 entry["runs"].append(res["metrics"])
@@ -196,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(res.get("stderr_tail", ""), file=sys.stderr)
             print(f"{head} [{r + 1}/{repeat}] {shown} ({res['seconds']:.1f} s)",
                   file=sys.stderr, flush=True)
-    for _i, _case, entry, errors in runnable:
+    for _head, _case, entry, errors in runnable:
         if entry["runs"]:
             keys = entry["runs"][0].keys()
             entry["median"] = {k: statistics.median(run[k] for run in entry["runs"])

@@ -80,9 +80,9 @@ class SendWindow:
     def submit(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...],
                done: Done | None = None) -> None:
         """Run ``fn(*args)`` on the loop, after the sends submitted before it; return at
-        once unless ``depth`` sends are unconfirmed (then wait, at most the timeout, for
-        one to finish). ``done(task)`` runs on the loop with the finished task; without
-        it, a failure is raised by a later call of this window."""
+        once unless ``depth`` sends are unconfirmed (then wait, at most the timeout, until
+        half of the window is free). ``done(task)`` runs on the loop with the finished
+        task; without it, a failure is raised by a later call of this window."""
         self._portal.check_thread()
         self.raise_failure()
         with self._cond:
