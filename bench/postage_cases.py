@@ -1,6 +1,6 @@
 """Postage's side of each workload, through the core and each public API.
 
-The core (``postage._core``) is the reference path every API is built on. The API cases
+The core (``postage._core.core``) is the reference path every API is built on. The API cases
 use the public APIs exactly as a user would; a case whose API is not importable is shown as
 "not available" by the runner (see ``requires`` in ``bench.cases``).
 """
@@ -31,8 +31,8 @@ from bench.peers import PREFETCH, measure_pending
 
 
 async def _core_publish(ctx: Ctx, window: int) -> dict[str, float]:
-    from postage._core import open_core
-    from postage._properties import PERSISTENT, Properties
+    from postage._core.core import open_core
+    from postage._wire.properties import PERSISTENT, Properties
 
     core = await open_core(ctx.url)
     try:
@@ -60,8 +60,8 @@ def core_publish_seq(ctx: Ctx) -> dict[str, float]:
 
 
 async def core_e2e_async(ctx: Ctx, prefetch: int = PREFETCH) -> dict[str, float]:
-    from postage._core import open_core
-    from postage._properties import PERSISTENT, Properties
+    from postage._core.core import open_core
+    from postage._wire.properties import PERSISTENT, Properties
 
     core = await open_core(ctx.url)
     try:
@@ -101,7 +101,7 @@ async def _core_responder(ctx: Ctx, core: Any, serve: bool = True) -> str:
 
 
 async def _core_rpc(ctx: Ctx, window: int) -> dict[str, float]:
-    from postage._core import open_core
+    from postage._core.core import open_core
 
     core = await open_core(ctx.url)
     try:
@@ -124,7 +124,7 @@ def core_rpc_window(ctx: Ctx) -> dict[str, float]:
 
 
 async def _core_pending(ctx: Ctx) -> dict[str, float]:
-    from postage._core import open_core
+    from postage._core.core import open_core
 
     core = await open_core(ctx.url)
     try:
@@ -148,7 +148,7 @@ def core_pending(ctx: Ctx) -> dict[str, float]:
 
 
 async def _core_idle(ctx: Ctx) -> dict[str, float]:
-    from postage._core import open_core
+    from postage._core.core import open_core
 
     core = await open_core(ctx.url)
     try:
@@ -347,13 +347,13 @@ def _classic_setup(ctx: Ctx, serve: bool) -> tuple[Any, Any, str, str]:
         eks = [(BenchExchange, key)]
         persistent = True  # like every publish case: persistent messages, confirms
 
-    from postage._portal import BlockingPortal
+    from postage._blocking.portal import BlockingPortal
 
     portal = BlockingPortal("bench-responder")
 
     async def setup() -> Any:
-        from postage._core import open_core
-        from postage._envelope import build_envelope, result_content
+        from postage._core.core import open_core
+        from postage._wire.envelope import build_envelope, result_content
 
         core = await open_core(ctx.url)
         await core.declare_exchange(exchange, "direct", durable=True)
@@ -456,7 +456,7 @@ def _scale_consumer(kind: str, url: str, queue: str, counter: Any, ready: Any, s
     from bench.common import run_async as _run
 
     async def postage_consumer() -> None:
-        from postage._core import open_core
+        from postage._core.core import open_core
 
         core = await open_core(url)
 
@@ -503,8 +503,8 @@ def scaling(ctx: Ctx, kind: str) -> dict[str, float]:
     queue = ctx.name(f"scale-{kind}")
 
     async def declare_and_publish(n: int) -> float:
-        from postage._core import open_core
-        from postage._properties import PERSISTENT, Properties
+        from postage._core.core import open_core
+        from postage._wire.properties import PERSISTENT, Properties
 
         core = await open_core(ctx.url)
         try:

@@ -10,7 +10,7 @@ RabbitMQ (all session-scoped, started lazily by the first test that asks for the
 ``tls_broker``  a separate :class:`Broker` with a TLS listener (``.tls_url``, ``.ca_file``,
                 ``.client_cert``, ``.client_key``); the server asks for a client certificate
                 and verifies it when given, but does not require one.
-``cluster``     a 3-node :class:`postage._localbroker.LocalCluster` (``.urls``, ``.nodes``).
+``cluster``     a 3-node :class:`postage._tooling.localbroker.LocalCluster` (``.urls``, ``.nodes``).
 
 Tests that use these fixtures are marked ``broker`` (and ``cluster``) automatically, so
 ``pytest -m "not broker"`` runs without RabbitMQ.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from postage._localbroker import LocalCluster, LocalNode, find_free_ports
+from postage._tooling.localbroker import LocalCluster, LocalNode, find_free_ports
 
 _BROKER_FIXTURES = frozenset({"broker", "broker_url", "tls_broker", "cluster"})
 _CLUSTER_FIXTURES = frozenset({"cluster"})

@@ -1,4 +1,4 @@
-"""Throwaway RabbitMQ nodes (postage._localbroker), ``postage broker`` and the fixtures."""
+"""Throwaway RabbitMQ nodes (postage._tooling.localbroker), ``postage broker`` and the fixtures."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pika
 import pika.exceptions
 import pytest
 
-from postage._cli import main
-from postage._localbroker import (
+from postage._tooling.cli import main
+from postage._tooling.localbroker import (
     LocalBrokerError,
     LocalNode,
     find_free_ports,

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from postage import ConfigurationError, DeliveryTimeout, WrongThreadError
-from postage._pipeline import SendWindow
-from postage._portal import BlockingPortal
+from postage._blocking.portal import BlockingPortal
+from postage._blocking.window import SendWindow
 
 
 @pytest.fixture

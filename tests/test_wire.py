@@ -21,8 +21,8 @@ from postage import (
     UnsupportedContentType,
     UnsupportedVersion,
 )
-from postage._core import Core, RetryPolicy, Subscription
-from postage._envelope import (
+from postage._core.core import Core, RetryPolicy, Subscription
+from postage._wire.envelope import (
     ENVELOPE_KEYS,
     build_envelope,
     decode_envelope,

@@ -9,10 +9,11 @@ Three ways to use one asyncio core and one wire format:
 """
 
 from . import aio
-from ._client import AsyncClient
-from ._communicator import BroadcastFilter, Communicator, TaskQueue, connect
-from ._core import RetryPolicy
-from ._encoding import Encoder, JsonEncoder
+from ._api.client import AsyncClient
+from ._api.communicator import BroadcastFilter, Communicator, TaskQueue, connect
+from ._api.gather import GatherReply
+from ._api.presence import ComponentState, PresenceWatcher
+from ._core.core import RetryPolicy
 from ._exceptions import (
     AccessRefused,
     AuthenticationError,
@@ -39,11 +40,10 @@ from ._exceptions import (
     VhostNotFound,
     WrongThreadError,
 )
-from ._fingerprint import Fingerprint
-from ._gather import GatherReply
-from ._presence import ComponentState, PresenceWatcher
-from ._properties import Properties
 from ._settings import ConnectionSettings, TlsOptions
+from ._wire.encoding import Encoder, JsonEncoder
+from ._wire.fingerprint import Fingerprint
+from ._wire.properties import Properties
 
 __version__ = "2.0.0.dev0"
 

@@ -1,5 +1,5 @@
 """``python -m postage``: the ``postage`` command line."""
 
-from postage._cli import main
+from postage._tooling.cli import main
 
 raise SystemExit(main())

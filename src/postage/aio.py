@@ -24,7 +24,7 @@ from collections.abc import Generator
 from types import TracebackType
 from typing import Any
 
-from ._communicator import (
+from ._api.communicator import (
     AsyncCommunicator,
     AsyncTaskQueue,
     BroadcastFilter,

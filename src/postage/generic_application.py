@@ -31,7 +31,7 @@ Groups are given at start or joined and left at runtime with the ``join_group`` 
 Presence: while its microthread runs, an instance announces itself on the topic exchange
 ``postage.presence`` (``online``, a ``heartbeat`` every ``presence_interval`` seconds with
 its groups, ``offline`` on quit, restart or a closed scheduler) and answers presence
-probes; see :mod:`postage._presence`. Set ``presence_interval = None`` to turn it off.
+probes; see :mod:`postage._api.presence`. Set ``presence_interval = None`` to turn it off.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 from . import messaging
-from ._classic import _runtime
-from ._presence import PRESENCE_EXCHANGE, PresenceAnnouncer
+from ._api.classic import runtime as _runtime
+from ._api.presence import PRESENCE_EXCHANGE, PresenceAnnouncer
 
 log = logging.getLogger("postage.classic.application")
 
@@ -93,7 +93,7 @@ class GenericApplication(messaging.MessageProcessor):
         for group in groups or ():
             self.join_group(group)
 
-    # -- presence (see postage._presence) -------------------------------------------------
+    # -- presence (see postage._api.presence) -------------------------------------------------
 
     def main(self) -> Iterator[None]:
         self._presence_start()

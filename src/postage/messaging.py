@@ -42,8 +42,8 @@ __all__ = [
 
 from typing import Any
 
-from ._classic import _runtime
-from ._classic._messages import (
+from ._api.classic import runtime as _runtime
+from ._api.classic.messages import (
     Exchange,
     Message,
     MessageCommand,
@@ -53,7 +53,7 @@ from ._classic._messages import (
     MessageStatus,
     RpcCommand,
 )
-from ._classic._processor import (
+from ._api.classic.processor import (
     GenericConsumer,
     Handler,
     MessageFilter,
@@ -62,10 +62,10 @@ from ._classic._processor import (
     MessageProcessor,
     RpcHandler,
 )
-from ._classic._producer import GenericProducer
-from ._core import RetryPolicy
-from ._encoding import Encoder, JsonEncoder
-from ._fingerprint import Fingerprint
+from ._api.classic.producer import GenericProducer
+from ._core.core import RetryPolicy
+from ._wire.encoding import Encoder, JsonEncoder
+from ._wire.fingerprint import Fingerprint
 
 
 def __getattr__(name: str) -> Any:

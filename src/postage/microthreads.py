@@ -29,7 +29,7 @@ import logging
 import signal
 from collections.abc import Generator, Iterator
 
-from ._signals import SignalCatcher
+from ._blocking.signals import SignalCatcher
 
 log = logging.getLogger("postage.microthreads")
 

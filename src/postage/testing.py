@@ -27,7 +27,7 @@ __all__ = [
 import itertools
 import os
 
-from ._memory import (
+from ._transport.memory import (
     MemoryBroker,
     MemoryDelivery,
     MemoryTransport,

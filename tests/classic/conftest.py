@@ -15,7 +15,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 
 from postage import microthreads
-from postage._classic import _runtime
+from postage._api.classic import runtime as _runtime
 
 from ..conftest import Broker
 

@@ -14,7 +14,7 @@ import pytest
 
 import postage
 from postage import messaging
-from postage._classic import _runtime
+from postage._api.classic import runtime as _runtime
 from tests.recorder import Recorder
 
 from .conftest import running, url_with_vhost

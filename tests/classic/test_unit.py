@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from postage import ConfigurationError, EncodingError, messaging, microthreads
-from postage._classic import _runtime
-from postage._classic._messages import message_from_body
-from postage._classic._processor import _pairs, queue_spec
-from postage._classic._producer import _default_build
-from postage._properties import QueueSpec
+from postage._api.classic import runtime as _runtime
+from postage._api.classic.messages import message_from_body
+from postage._api.classic.processor import _pairs, queue_spec
+from postage._api.classic.producer import _default_build
+from postage._wire.properties import QueueSpec
 
 # -- messages ------------------------------------------------------------------------------
 

@@ -14,9 +14,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 import postage
-from postage._core import Core, open_core
-from postage._presence import PresenceAnnouncer, PresenceWatcher
-from postage._transport import Delivery
+from postage._api.presence import PresenceAnnouncer, PresenceWatcher
+from postage._core.core import Core, open_core
+from postage._transport.amqp.transport import Delivery
 from postage.generic_application import GenericApplicationProducer
 
 from .conftest import Components, Names, run_cli, wait_until

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from postage._core import open_core
+from postage._core.core import open_core
 
 from .conftest import HOST, Components, Names, run_cli, wait_until
 

@@ -7,7 +7,7 @@ import re
 import shlex
 from pathlib import Path
 
-from postage._cli import build_parser
+from postage._tooling.cli import build_parser
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 

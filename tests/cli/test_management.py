@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pika
 import pytest
 
-from postage._localbroker import LocalNode, find_free_ports
+from postage._tooling.localbroker import LocalNode, find_free_ports
 
 from ..conftest import _scratch_dir
 from .conftest import run_cli

@@ -22,7 +22,7 @@ from postage import (
     RpcTimeout,
     Unroutable,
 )
-from postage._core import HEADER_ATTEMPTS, HEADER_ERROR, HEADER_REASON
+from postage._core.core import HEADER_ATTEMPTS, HEADER_ERROR, HEADER_REASON
 
 from .conftest import Names
 
@@ -326,7 +326,7 @@ async def test_closed_client_refuses_and_reopen_is_clear(broker_url: str) -> Non
 
 
 async def test_client_on_a_shared_core(broker_url: str, names: Names) -> None:
-    from postage._core import open_core
+    from postage._core.core import open_core
 
     core = await open_core(broker_url)
     try:

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 import postage
-from postage._core import open_core
-from postage._envelope import build_envelope, result_content
-from postage._transport import Delivery
+from postage._core.core import open_core
+from postage._transport.amqp.transport import Delivery
+from postage._wire.envelope import build_envelope, result_content
 
 from .conftest import Comm, Names, open_comm
 
@@ -158,7 +158,7 @@ def running_processor(processor: Any, timeout: float = 20) -> Iterator[None]:
 @pytest.fixture
 def messaging(broker_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     module = pytest.importorskip("postage.messaging")
-    from postage._classic import _runtime
+    from postage._api.classic import runtime as _runtime
 
     monkeypatch.setenv("POSTAGE_URL", broker_url)
     monkeypatch.delenv("POSTAGE_VHOST", raising=False)

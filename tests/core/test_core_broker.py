@@ -24,8 +24,8 @@ from postage import (
     RpcTimeout,
     Unroutable,
 )
-from postage._core import HEADER_ATTEMPTS, HEADER_ERROR, HEADER_REASON, Core, open_core
-from postage._transport import Delivery
+from postage._core.core import HEADER_ATTEMPTS, HEADER_ERROR, HEADER_REASON, Core, open_core
+from postage._transport.amqp.transport import Delivery
 
 
 def unique(prefix: str) -> str:
@@ -202,7 +202,7 @@ async def test_consumer_killed_mid_handler_gets_the_message_redelivered(
     await core.publish("", queue, b"work", Properties(delivery_mode=2))
     child = textwrap.dedent(f"""
         import asyncio, sys
-        from postage._core import open_core
+        from postage._core.core import open_core
         async def main():
             core = await open_core({broker_url!r})
             async def handler(d):

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from postage import DeliveryTimeout, WrongThreadError
-from postage._portal import BlockingPortal
+from postage._blocking.portal import BlockingPortal
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from postage import PostageError, Properties
-from postage._core import Core
-from postage._transport import Delivery
+from postage._core.core import Core
+from postage._transport.amqp.transport import Delivery
 
 
 @dataclass

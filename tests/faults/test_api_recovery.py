@@ -32,9 +32,9 @@ from postage import (
     messaging,
     microthreads,
 )
-from postage._classic import _runtime
-from postage._communicator import open_communicator
-from postage._core import Core, open_core
+from postage._api.classic import runtime as _runtime
+from postage._api.communicator import open_communicator
+from postage._core.core import Core, open_core
 from tests.conftest import Broker
 from tests.faults.proxy import TcpProxy
 from tests.faults.scenario import Figures, Tally, drive_stream

@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from postage._core import open_core
-from postage._localbroker import LocalCluster
+from postage._core.core import open_core
+from postage._tooling.localbroker import LocalCluster
 from tests.faults.scenario import Figures, stream_through_faults
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]

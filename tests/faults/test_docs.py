@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from postage._core import open_core
+from postage._core.core import open_core
 from tests.conftest import Broker
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from postage import messaging
-from postage._communicator import open_communicator
-from postage._core import open_core
+from postage._api.communicator import open_communicator
+from postage._core.core import open_core
 from tests.conftest import Broker
 from tests.faults.scenario import Figures
 

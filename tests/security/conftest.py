@@ -12,7 +12,7 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
-from postage._localbroker import LocalBrokerError
+from postage._tooling.localbroker import LocalBrokerError
 
 from ..conftest import Broker
 

@@ -10,7 +10,7 @@ import pytest
 
 import postage
 from postage import AsyncClient, ConnectionSettings
-from postage._core import open_core
+from postage._core.core import open_core
 from postage._settings import redact_url, url_from_environment
 
 from .conftest import Accounts

@@ -21,12 +21,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from postage import AsyncClient, JsonEncoder, Properties, messaging
-from postage._communicator import _wire
-from postage._communicator._async import AsyncCommunicator, open_communicator
-from postage._core import HEADER_ERROR, HEADER_REASON, Core, RetryPolicy, Subscription, open_core
-from postage._encoding import check_encoder
-from postage._envelope import build_envelope, decode_envelope
+from postage._api.communicator import wire as _wire
+from postage._api.communicator.aio import AsyncCommunicator, open_communicator
+from postage._core.core import (
+    HEADER_ERROR,
+    HEADER_REASON,
+    Core,
+    RetryPolicy,
+    Subscription,
+    open_core,
+)
 from postage._exceptions import ConfigurationError, DecodingError
+from postage._wire.encoding import check_encoder
+from postage._wire.envelope import build_envelope, decode_envelope
 from tests.recorder import Recorder
 
 from ..classic.conftest import classic_url, classic_vhost, env_url  # noqa: F401 - fixtures
@@ -221,7 +228,7 @@ async def test_communicator_hostile_inputs(broker_url: str) -> None:
 
 
 def messaging_filter(seen: Recorder) -> Any:
-    from postage._communicator import BroadcastFilter
+    from postage._api.communicator import BroadcastFilter
 
     async def filtered(_comm: Any, body: Any, sender: Any, subject: Any, msg_id: Any) -> None:
         seen.add(body)
@@ -441,7 +448,7 @@ def test_fuzz_communicator_dispatch(body: bytes, content_type: str | None,
     async def on_broadcast(_comm: Any, value: Any, *rest: Any) -> None:
         handled["broadcast"].append(value)
 
-    from postage._communicator import BroadcastFilter
+    from postage._api.communicator import BroadcastFilter
 
     comm._broadcast_subscribers = {"a": on_broadcast,
                                    "f": BroadcastFilter(on_broadcast, subject=[1])}
@@ -510,7 +517,7 @@ def _summary() -> Iterator[None]:
 def test_a_failing_broadcast_filter_skips_only_its_subscriber() -> None:
     """Regression: a filter value whose ``==`` raises on odd input used to escape the
     dispatcher, so the broadcast reached none of the other subscribers."""
-    from postage._communicator import BroadcastFilter
+    from postage._api.communicator import BroadcastFilter
 
     class Touchy:
         def __eq__(self, other: object) -> bool:

@@ -9,7 +9,7 @@ import pytest
 
 import postage
 from postage import AsyncClient
-from postage._core import open_core
+from postage._core.core import open_core
 
 from .conftest import Accounts
 

@@ -11,8 +11,8 @@ from urllib.parse import quote
 import pytest
 
 from postage import ConnectionError, ConnectionSettings, TlsOptions
-from postage._core import Core, open_core
-from postage._localbroker import TlsFiles, generate_tls_files
+from postage._core.core import Core, open_core
+from postage._tooling.localbroker import TlsFiles, generate_tls_files
 
 from ..conftest import Broker
 
@@ -32,7 +32,7 @@ async def _round_trip(core: Core) -> None:
     await core.declare_queue(queue, auto_delete=True)
 
     async def echo(delivery: object) -> None:
-        from postage._transport import Delivery
+        from postage._transport.amqp.transport import Delivery
 
         assert isinstance(delivery, Delivery)
         await core.reply(delivery, delivery.body)

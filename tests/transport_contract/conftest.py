@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from postage import PostageError
-from postage._core import Core, open_core
+from postage._core.core import Core, open_core
 from tests.names import Names
 
 

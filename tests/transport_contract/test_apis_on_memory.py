@@ -15,7 +15,7 @@ import pytest
 
 import postage
 from postage import Unroutable, messaging
-from postage._classic import _runtime
+from postage._api.classic import runtime as _runtime
 from postage.testing import MemoryBroker
 from tests.classic.conftest import running
 from tests.classic.test_integration import Calls, exchange_cls, make_processor, producer_for

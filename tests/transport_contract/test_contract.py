@@ -22,7 +22,7 @@ from postage import (
     RpcTimeout,
     Unroutable,
 )
-from postage._core import (
+from postage._core.core import (
     HEADER_ATTEMPTS,
     HEADER_ERROR,
     HEADER_QUEUE,
@@ -30,8 +30,8 @@ from postage._core import (
     Core,
     open_core,
 )
-from postage._properties import Binding
-from postage._transport import Delivery
+from postage._transport.amqp.transport import Delivery
+from postage._wire.properties import Binding
 
 from .conftest import Names
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from postage import ConfigurationError, ConnectionSettings, RetryPolicy
-from postage._core import open_core
-from postage._memory import (
+from postage._core.core import open_core
+from postage._transport.amqp.transport import Consumer, Delivery, Transport
+from postage._transport.memory import (
     MemoryConsumer,
     MemoryDelivery,
     MemoryTransport,
@@ -21,7 +22,6 @@ from postage._memory import (
     headers_match,
     topic_matches,
 )
-from postage._transport import Consumer, Delivery, Transport
 from postage.testing import MemoryBroker, forget_broker, fresh_broker, named_broker
 
 

@@ -1,0 +1,1 @@
+"""_api: see the layer map in the README."""

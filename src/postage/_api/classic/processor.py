@@ -1,0 +1,493 @@
+"""GenericConsumer and MessageProcessor: queues bound by ``eqk``, messages routed to handlers.
+
+A processor consumes its queues through the shared Core. For each delivery an async
+dispatcher on the event loop decodes the envelope (anything that is not a valid v2
+envelope raises DecodingError, so the core moves it to ``<queue>.dlq`` with the reason
+and the processor goes on), picks the handlers registered for its
+``(category, type, name)`` and runs them, one after the other, in a worker thread
+(``Core.run_sync``) while the loop keeps serving heartbeats. Deliveries of one processor
+are handled one at a time, as in the original (prefetch 1 per queue and a lock).
+
+Handler outcome: the message is acked when the handlers return. When one raises, the
+others still run, the error is logged, an RPC request that got no reply yet is answered
+with ``MessageResultException(type name, str(exc))`` (traceback in
+``_reserved["traceback"]``), then the processor's ``retry_policy`` applies; the classic
+default is ``RetryPolicy(max_attempts=1)``: straight to ``<queue>.dlq``, never requeued
+forever (the original rejected such messages, losing them).
+
+Filters (``@MessageFilter(f)``) see a deep copy of the full body; ``f`` may change it in
+place or return a new body, which the handler then receives; if ``f`` raises, that
+handler skips the message (other handlers are not affected).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GenericConsumer",
+    "Handler",
+    "MessageFilter",
+    "MessageHandler",
+    "MessageHandlerFullBody",
+    "MessageProcessor",
+    "RpcHandler",
+]
+
+import asyncio
+import copy
+import functools
+import logging
+import os
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..._core.core import Core, RetryPolicy, Subscription
+from ..._exceptions import ConfigurationError
+from ..._transport.amqp.transport import Delivery
+from ..._wire.encoding import Encoder, JsonEncoder, check_encoder
+from ..._wire.envelope import decode_envelope
+from ..._wire.properties import Properties, QueueSpec
+from ...microthreads import MicroThread
+from . import runtime as _runtime
+from .messages import Exchange, Message, MessageResult, MessageResultException
+from .producer import declare_exchange
+
+log = logging.getLogger("postage.classic.processor")
+
+QUEUE_FLAGS = frozenset({"durable", "exclusive", "auto_delete", "arguments"})
+DeliveryHandler = Callable[[Delivery], Awaitable[None]]
+
+
+def queue_spec(queue: str | dict[str, Any]) -> QueueSpec:
+    """The queue of an eqk: a queue name or ``{'name': ..., 'flags': {...}}``."""
+    if isinstance(queue, str):
+        return QueueSpec(queue)
+    if isinstance(queue, dict) and isinstance(queue.get("name"), str):
+        flags = dict(queue.get("flags") or {})
+        unknown = set(flags) - QUEUE_FLAGS
+        if unknown:
+            raise ConfigurationError(f"unknown queue flags: {', '.join(sorted(unknown))}")
+        return QueueSpec(
+            queue["name"], bool(flags.get("durable", False)),
+            bool(flags.get("exclusive", False)), bool(flags.get("auto_delete", False)),
+            tuple(sorted(dict(flags.get("arguments") or {}).items())),
+        )
+    raise ConfigurationError(f"a queue is a name or {{'name', 'flags'}}, not {queue!r}")
+
+
+def _pairs(eqk: Sequence[Any]) -> list[tuple[type[Exchange], Sequence[Any]]]:
+    """``[(Exchange, [(queue, key), ...]), ...]``; the flat form of the README is accepted."""
+    items = list(eqk)
+    if items and isinstance(items[0], type):
+        return [(items[i], items[i + 1]) for i in range(0, len(items), 2)]
+    return [(exchange, qks) for exchange, qks in items]
+
+
+class GenericConsumer:
+    """Declares and binds the queues of ``eqk``; consumes them on the shared Core."""
+
+    encoder_class: ClassVar[type] = JsonEncoder
+    vhost: str | None = None
+    hup: Any = None
+    eqk: Sequence[Any] = []
+    prefetch_count: ClassVar[int] = 1
+    retry_policy: ClassVar[RetryPolicy] = RetryPolicy(max_attempts=1)
+    operation_timeout: ClassVar[float] = 30.0
+    # Safe decoding: content types read besides the encoder's own (none by default),
+    # and the body size limit (None: the connection's ``max_message_size``).
+    accept_content_types: ClassVar[frozenset[str]] = frozenset()
+    max_message_size: ClassVar[int | None] = None
+
+    def __init__(self, eqk: Sequence[Any] | None = None, hup: Any = None,
+                 vhost: str | None = None) -> None:
+        if hup is not None:
+            self.hup = hup
+        if vhost:
+            self.vhost = vhost
+        self.core: Core = _runtime.shared_core(self.hup, self.vhost)
+        self.encoder: Encoder = check_encoder(self.encoder_class())
+        if eqk:
+            self.eqk = eqk
+        self.qk_list: list[tuple[str, str]] = []
+        self._queues: dict[str, QueueSpec] = {}
+        self._subscriptions: dict[str, Subscription] = {}
+        self._active: set[str] = set()
+        self._callback: DeliveryHandler | None = None
+        self.add_eqk(self.eqk)
+
+    def _call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
+        return _runtime.portal().call(fn, timeout=self.operation_timeout)
+
+    def add_eqk(self, eqk: Sequence[Any]) -> None:
+        for exchange, qk_list in _pairs(eqk):
+            for queue, key in qk_list:
+                self.queue_bind(exchange, queue, key)
+
+    async def _declare_queue(self, decl: QueueSpec) -> None:
+        if self._queues.get(decl.name) != decl:
+            await self.core.declare_queue(
+                decl.name, durable=decl.durable, exclusive=decl.exclusive,
+                auto_delete=decl.auto_delete, arguments=dict(decl.arguments) or None)
+            self._queues[decl.name] = decl
+
+    async def _subscribe(self, name: str) -> None:
+        callback = self._callback
+        if callback is None or name in self._active:
+            return
+        self._active.add(name)
+
+        async def on_delivery(delivery: Delivery) -> None:
+            # A queue left (or consuming stopped) while deliveries were on their way:
+            # give them back to the broker for the other consumers.
+            if name not in self._active or self._callback is None:
+                await delivery.nack(requeue=True)
+                return
+            await callback(delivery)
+
+        log.debug("consumer %s: consuming queue %s", type(self).__name__, name)
+        try:
+            self._subscriptions[name] = await self.core.subscribe(
+                name, on_delivery, prefetch_count=self.prefetch_count, policy=self.retry_policy)
+        except BaseException:
+            self._active.discard(name)
+            raise
+
+    def queue_bind(self, exchange_class: type[Exchange], queue: str | dict[str, Any],
+                   key: str) -> None:
+        """Declare ``exchange_class`` and ``queue``, bind them with ``key``; if consuming
+        already, start consuming the queue too (works at runtime, from handlers)."""
+        decl = queue_spec(queue)
+
+        async def bind() -> None:
+            log.debug("consumer %s: binding queue %s to %s with key %s",
+                      type(self).__name__, decl.name, exchange_class.name, key)
+            await declare_exchange(self.core, exchange_class)
+            await self._declare_queue(decl)
+            await self.core.bind(decl.name, exchange_class.name, key)
+            await self._subscribe(decl.name)
+
+        self._call(bind)
+        if (decl.name, key) not in self.qk_list:
+            self.qk_list.append((decl.name, key))
+
+    def queue_unbind(self, exchange_class: type[Exchange], queue: str | dict[str, Any],
+                     key: str) -> None:
+        """Remove the binding of ``queue`` to ``exchange_class`` with ``key``."""
+        name = queue_spec(queue).name
+
+        async def unbind() -> None:
+            await self.core.unbind(name, exchange_class.name, key)
+
+        self._call(unbind)
+        if (name, key) in self.qk_list:
+            self.qk_list.remove((name, key))
+
+    def queue_unsubscribe(self, queue: str | dict[str, Any]) -> None:
+        """Stop consuming ``queue`` (without waiting: safe from a handler of that queue)."""
+        name = queue_spec(queue).name
+        self.qk_list = [(q, k) for q, k in self.qk_list if q != name]
+        self._queues.pop(name, None)
+        self._active.discard(name)
+        sub = self._subscriptions.pop(name, None)
+        if sub is not None:
+            _runtime.portal().submit(sub.cancel())
+
+    def start_consuming(self, callback: DeliveryHandler) -> None:
+        """Consume every bound queue, calling ``callback`` (a coroutine) per delivery."""
+        self._callback = callback
+
+        async def start() -> None:
+            for name in list(self._queues):
+                await self._subscribe(name)
+
+        self._call(start)
+
+    def stop_consuming(self, timeout: float = 10.0) -> None:
+        """Cancel the consumers, letting handlers in progress finish (up to ``timeout``)."""
+        self._callback = None
+        subs = list(self._subscriptions.values())
+        self._subscriptions.clear()
+        self._active.clear()
+
+        async def stop() -> None:
+            await asyncio.gather(*(sub.cancel(timeout) for sub in subs))
+
+        _runtime.portal().call(stop, timeout=timeout + 5)
+
+    @property
+    def consuming(self) -> bool:
+        return bool(self._subscriptions)
+
+
+# ---------------------------------------------------------------------------------------
+# handler registration
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSpec:
+    """What a decorated handler processes: category, type, name (None: any), body key."""
+
+    category: str
+    type: str
+    name: str | None
+    full_body: bool
+
+
+class MessageHandler:
+    """``@MessageHandler(type, name)``: the method gets the message ``content``."""
+
+    category: ClassVar[str] = "message"
+    full_body: ClassVar[bool] = False
+
+    def __init__(self, message_type: str, message_name: str | None = None) -> None:
+        self.spec = HandlerSpec(self.category, message_type, message_name, self.full_body)
+
+    def __call__(self, obj: Any) -> Any:
+        specs = list(vars(obj).get("_postage_handlers", ()))
+        specs.append(self.spec)
+        obj._postage_handlers = specs
+        return obj
+
+
+class RpcHandler(MessageHandler):
+    """``@RpcHandler(type, name)``: the method gets ``content`` and a ``reply_func``."""
+
+    category = "rpc"
+
+
+class MessageHandlerFullBody(MessageHandler):
+    """``@MessageHandlerFullBody(type, name)``: the method gets the full message body."""
+
+    full_body = True
+
+
+class MessageFilter:
+    """``@MessageFilter(f)``: ``f`` sees a copy of each body first; raising discards it."""
+
+    def __init__(self, filter_callable: Callable[[dict[str, Any]], Any]) -> None:
+        self.filter = filter_callable
+
+    def __call__(self, obj: Any) -> Any:
+        obj._postage_filters = [self.filter, *vars(obj).get("_postage_filters", ())]
+        return obj
+
+
+class Handler:
+    """Base of class handlers: ``call()`` uses ``data``, ``reply_func`` and ``processor``."""
+
+    def __init__(self, processor: MessageProcessor, data: Any,
+                 reply_func: Callable[[Any], None] | None = None) -> None:
+        self.processor = processor
+        self.data = data
+        self.reply_func = reply_func
+
+    def call(self) -> None:
+        raise NotImplementedError("a Handler subclass defines call()")
+
+
+HandlerKey = tuple[str, str, str | None]
+HandlerTable = dict[HandlerKey, list[tuple[Any, HandlerSpec]]]
+
+
+def _collect(cls: type, inherited: HandlerTable) -> HandlerTable:
+    table = {key: list(value) for key, value in inherited.items()}
+    for obj in vars(cls).values():
+        for spec in vars(obj).get("_postage_handlers", ()) if hasattr(obj, "__dict__") else ():
+            table.setdefault((spec.category, spec.type, spec.name), []).append((obj, spec))
+    return table
+
+
+class _Reply:
+    """The ``reply_func`` of an RPC: callable once, from any thread but the loop's."""
+
+    def __init__(self, processor: MessageProcessor, delivery: Delivery) -> None:
+        self._processor = processor
+        self._delivery = delivery
+        self._lock = threading.Lock()
+        self.sent = False
+
+    def __call__(self, message: Any) -> None:
+        with self._lock:
+            if self.sent:
+                log.warning("reply_func called again; only the first reply is sent")
+                return
+            self.sent = True
+        if not isinstance(message, Message):
+            message = MessageResult(message)
+        if not message.body.get("fingerprint"):
+            message.fingerprint(**self._processor.fingerprint)
+        consumer = self._processor.consumer
+        body = consumer.encoder.encode(message.body)
+        props = Properties(content_type=consumer.encoder.content_type)
+        _runtime.portal().call(
+            functools.partial(consumer.core.reply, self._delivery, body, props),
+            timeout=consumer.operation_timeout)
+
+
+class MessageProcessor(MicroThread):
+    """A microthread that consumes ``eqk`` and routes messages to its handlers."""
+
+    consumer_class: ClassVar[type[GenericConsumer]] = GenericConsumer
+    _message_handlers: ClassVar[HandlerTable] = {}
+    step_wait: ClassVar[float] = 0.05
+    # On stop (quit, Ctrl-C, SIGTERM): how long the handler in progress may still run
+    # before the connection closes (the broker then requeues its message).
+    shutdown_timeout: ClassVar[float] = 30.0
+    # How the default ``restart`` command starts the new run: "exec" (in place, same pid)
+    # or "spawn" (a new process with a new pid; this one exits). See restart().
+    restart_mode: ClassVar[str] = "exec"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._message_handlers = _collect(cls, cls._message_handlers)
+
+    def __init__(self, fingerprint: dict[str, Any], eqk: Sequence[Any], hup: Any,
+                 vhost: str | None) -> None:
+        super().__init__()
+        self.fingerprint = fingerprint
+        self.consumer = self.consumer_class(eqk, hup, vhost)
+        self._stop_event = threading.Event()
+        self._stop_reason: str | None = None
+        self._lock: asyncio.Lock | None = None
+
+    # -- life cycle (runs in the scheduler's thread) ---------------------------------------
+
+    def add_eqk(self, eqk: Sequence[Any]) -> None:
+        self.consumer.add_eqk(eqk)
+
+    def start_consuming(self) -> None:
+        self.consumer.start_consuming(self._dispatch)
+
+    def stop_consuming(self) -> None:
+        self.consumer.stop_consuming(self.shutdown_timeout)
+
+    def stop(self, reason: str = "quit") -> None:
+        """Ask the processor to stop (thread-safe); its microthread then ends."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._stop_event.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_event.is_set()
+
+    def main(self) -> Iterator[None]:
+        self.start_consuming()
+        log.debug("%s consuming %s", type(self).__name__, sorted(self.consumer._queues))
+        try:
+            while not self._stop_event.wait(self.step_wait):
+                yield
+        finally:
+            self.stop_consuming()
+        if self._stop_reason == "restart":
+            self.restart()
+
+    def restart(self) -> None:
+        """Start a new run of the same command line, as ``restart_mode`` says.
+
+        ``"exec"`` (the default) replaces this process in place (``os.execv``): same pid, so
+        a supervisor, a shell or a test harness keeps its handle on the component.
+        ``"spawn"`` starts a new process (a new pid) with the same command line, environment,
+        working directory and standard streams, then this one exits with status 0.
+        """
+        if self.restart_mode not in ("exec", "spawn"):
+            raise ConfigurationError(
+                f"restart_mode must be 'exec' or 'spawn', not {self.restart_mode!r}"
+            )
+        argv = [sys.executable, *sys.orig_argv[1:]]
+        log.info("restarting (%s): %s", self.restart_mode, " ".join(sys.orig_argv))
+        _runtime.close_all()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if self.restart_mode == "spawn":
+            subprocess.Popen(argv)
+            raise SystemExit(0)
+        os.execv(sys.executable, argv)
+
+    # -- default handlers ------------------------------------------------------------------
+
+    @MessageHandler("command", "quit")
+    def msg_quit(self, content: Any) -> None:
+        self.stop("quit")
+
+    @MessageHandler("command", "restart")
+    def msg_restart(self, content: Any) -> None:
+        self.stop("restart")
+
+    # -- dispatch (on the event loop) ------------------------------------------------------
+
+    def handlers_for(self, category: str, type_: str, name: str) -> list[tuple[Any, HandlerSpec]]:
+        table = self._message_handlers
+        return [*table.get((category, type_, name), ()), *table.get((category, type_, None), ())]
+
+    async def _dispatch(self, delivery: Delivery) -> None:
+        if self.stopping:
+            await delivery.nack(requeue=True)  # for another consumer, or our next run
+            return
+        consumer = self.consumer
+        limit = consumer.max_message_size
+        body = decode_envelope(
+            delivery.body, delivery.content_type, consumer.encoder,
+            max_size=consumer.core.max_message_size if limit is None else limit,
+            accept=consumer.accept_content_types | consumer.core.accept_content_types,
+        )  # DecodingError: the core moves the message to <queue>.dlq ("undecodable")
+        category, type_, name = body["category"], body["type"], body["name"]
+        handlers = self.handlers_for(category, type_, name)
+        log.debug("<-- %s: %s %s %r (%d handlers)", type(self).__name__, category, type_,
+                  name, len(handlers))
+        if not handlers:
+            return
+        reply = _Reply(self, delivery) if category == "rpc" else None
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            error = await consumer.core.run_sync(self._run_handlers, body, handlers, reply)
+        if error is not None:
+            raise error
+
+    def _run_handlers(self, body: dict[str, Any], handlers: list[tuple[Any, HandlerSpec]],
+                      reply: _Reply | None) -> BaseException | None:
+        first_error: BaseException | None = None
+        for obj, spec in handlers:
+            data: Any = body
+            filters = vars(obj).get("_postage_filters", ())
+            if filters:
+                data = copy.deepcopy(body)
+                try:
+                    for message_filter in filters:
+                        result = message_filter(data)
+                        if isinstance(result, dict):
+                            data = result
+                except Exception as exc:
+                    log.info("filter of %s discarded a %r message: %r",
+                             getattr(obj, "__name__", obj), body["name"], exc)
+                    continue
+            argument = data if spec.full_body else data["content"]
+            reply_func = reply if spec.category == "rpc" else None
+            try:
+                if isinstance(obj, type) and issubclass(obj, Handler):
+                    obj(self, argument, reply_func).call()
+                elif reply_func is not None:
+                    obj(self, argument, reply_func)
+                else:
+                    obj(self, argument)
+            except Exception as exc:
+                log.exception("handler %s failed on a %r message",
+                              getattr(obj, "__name__", obj), body["name"])
+                if first_error is None:
+                    first_error = exc
+                if reply is not None and not reply.sent:
+                    answer = MessageResultException(type(exc).__name__, str(exc))
+                    answer.body["_reserved"]["traceback"] = traceback.format_exc()
+                    try:
+                        reply(answer)
+                    except Exception:
+                        log.exception("cannot send the exception reply")
+        return first_error
+
+
+MessageProcessor._message_handlers = _collect(MessageProcessor, {})

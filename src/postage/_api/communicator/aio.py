@@ -1,0 +1,703 @@
+"""The asyncio communicator: kiwiPy's verbs (tasks, RPC, filtered broadcasts) on the core.
+
+All the communicator's logic lives here, once; the blocking :class:`Communicator` only
+submits these coroutines to a portal. Routing details are hidden behind defaults:
+
+* tasks: durable queue ``Q`` bound to the direct exchange ``postage.tasks`` with key ``Q``,
+  persistent messages, consumed through ``Core.subscribe`` (ack after the subscriber,
+  bounded retries, then ``Q.dlq``); the result comes back like an RPC reply;
+* RPC: subscriber ``X`` consumes the exclusive auto-delete queue ``postage.rpc.X`` bound to
+  the direct exchange ``postage.rpc`` with key ``X`` (one server per identifier, as in
+  kiwiPy), requests are mandatory so a call nobody can receive fails at once;
+* broadcasts: the topic exchange ``postage.broadcast``; each receiving communicator has one
+  exclusive auto-delete queue bound with ``#``; subjects are filtered on the client, because
+  kiwiPy's ``*`` also matches dots, which an AMQP binding cannot express.
+
+Subscribers may be plain functions (run in worker threads through ``Core.run_sync``) or
+``async def`` functions (run on the loop); a returned future or awaitable is awaited.
+"""
+
+from __future__ import annotations
+
+__all__ = ["AsyncCommunicator", "AsyncTaskQueue", "CommunicatorOptions", "open_communicator"]
+
+import asyncio
+import concurrent.futures
+import contextlib
+import inspect
+import logging
+import signal
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from types import TracebackType
+from typing import Any
+
+from ..._core.core import HEADER_ATTEMPTS, Core, RetryPolicy, Subscription, open_core
+from ..._exceptions import (
+    ConfigurationError,
+    ConnectionClosed,
+    DecodingError,
+    EncodingError,
+    PostageError,
+    Reject,
+    Unroutable,
+)
+from ..._settings import ConnectionSettings
+from ..._transport.amqp.transport import Consumer, Delivery
+from ..._wire.fingerprint import Fingerprint
+from ..._wire.properties import PERSISTENT
+from ..gather import GatherReply, gather_replies
+from ..presence import PresenceAnnouncer
+from . import wire as _wire
+from .filters import BroadcastFilter
+
+log = logging.getLogger("postage.communicator")
+
+Subscriber = Callable[..., Any]
+NO_DEADLINE = 10 * 365 * 86400.0  # what ``task_timeout=None`` stands for: ten years
+
+
+@dataclass(frozen=True, slots=True)
+class CommunicatorOptions:
+    """Defaults of a communicator (keyword arguments of ``connect``).
+
+    ``rpc_timeout``: seconds an ``rpc_send`` future waits for its reply.
+    ``task_timeout``: seconds a ``task_send`` future waits for the task's result (tasks
+    may be long, so one hour by default); ``None`` explicitly means no deadline.
+    ``task_prefetch_count``: tasks one task subscriber may hold at once (1: fair dispatch).
+    ``task_max_attempts``: deliveries of a task whose subscriber raises before it is moved
+    to ``<queue>.dlq`` (only the final failure is reported to the sender).
+    ``rpc_prefetch_count``: RPC requests one subscriber handles concurrently.
+    ``broadcast_prefetch_count``: broadcasts fetched ahead (they are handed to the
+    subscribers one at a time, in order).
+    ``name``: the communicator's name in the fingerprint of the messages it sends.
+    ``operation_timeout``: deadline of each blocking call (publish, subscribe...).
+    ``close_timeout``: how long closing waits for handlers and confirms.
+    ``task_quorum``: declare task queues as replicated quorum queues (they survive the
+    loss of a cluster node), with ``task_delivery_limit`` as the broker's own poison
+    limit (redeliveries after consumers died, on top of ``task_max_attempts``).
+    """
+
+    rpc_timeout: float = 60.0
+    task_timeout: float | None = 3600.0
+    task_prefetch_count: int = 1
+    task_max_attempts: int = 3
+    rpc_prefetch_count: int = 32
+    broadcast_prefetch_count: int = 64
+    task_exchange: str = "postage.tasks"
+    task_queue: str = "postage.tasks"
+    rpc_exchange: str = "postage.rpc"
+    broadcast_exchange: str = "postage.broadcast"
+    name: str | None = None
+    operation_timeout: float = 60.0
+    close_timeout: float = 30.0
+    task_quorum: bool = False
+    task_delivery_limit: int | None = 20
+
+    def __post_init__(self) -> None:
+        if self.rpc_timeout <= 0 or (self.task_timeout is not None and self.task_timeout <= 0):
+            raise ConfigurationError("rpc_timeout and task_timeout must be positive")
+        if self.task_max_attempts < 1:
+            raise ConfigurationError("task_max_attempts must be at least 1")
+        for count in (self.task_prefetch_count, self.rpc_prefetch_count,
+                      self.broadcast_prefetch_count):
+            if count < 0:
+                raise ConfigurationError("prefetch counts must be 0 (no limit) or more")
+
+    @classmethod
+    def split(cls, options: Mapping[str, Any]) -> tuple[CommunicatorOptions, dict[str, Any]]:
+        """(communicator options, the rest for the core) from ``connect`` keywords."""
+        names = {f.name for f in fields(cls)}
+        ours = {k: v for k, v in options.items() if k in names}
+        rest = {k: v for k, v in options.items() if k not in names}
+        core_names = set(inspect.signature(Core).parameters) - {"settings"}
+        unknown = set(rest) - core_names - set(ConnectionSettings.__dataclass_fields__)
+        if unknown:
+            raise ConfigurationError(f"unknown communicator options: {', '.join(sorted(unknown))}")
+        return cls(**ours), rest
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - an object with async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _attempt(delivery: Delivery) -> int:
+    try:
+        return int(delivery.headers.get(HEADER_ATTEMPTS, 0)) + 1
+    except (TypeError, ValueError):
+        return 1
+
+
+class AsyncTaskQueue:
+    """A durable task queue: ``task_send`` and task subscribers. Make one with
+    :meth:`AsyncCommunicator.task_queue`."""
+
+    def __init__(self, comm: AsyncCommunicator, name: str, prefetch_count: int) -> None:
+        self._comm = comm
+        self.name = name
+        self.prefetch_count = prefetch_count
+        self._subscribers: dict[str, tuple[Subscriber, Subscription]] = {}
+
+    async def _declare(self) -> None:
+        core = self._comm.core
+        opts = self._comm.options
+        if opts.task_quorum:
+            await core.declare_queue(self.name, quorum=True,
+                                     delivery_limit=opts.task_delivery_limit)
+        else:
+            await core.declare_queue(self.name, durable=True)
+        await core.bind(self.name, opts.task_exchange, self.name)
+
+    async def task_send(self, task: Any, no_reply: bool = False) -> asyncio.Future[Any] | None:
+        """Queue ``task`` (persistent, mandatory) and return a future of its result once
+        the broker has confirmed it; with ``no_reply``, return None after the confirm."""
+        return await self._comm._send_task(self.name, task, no_reply)
+
+    async def add_task_subscriber(self, subscriber: Subscriber,
+                                  identifier: str | None = None) -> str:
+        """Consume the queue with ``subscriber(comm, body)``; return its identifier.
+
+        Its return value (or the result of a returned awaitable) is the task's result.
+        If it raises, the task is retried; after ``task_max_attempts`` it goes to
+        ``<queue>.dlq`` and the sender's future fails with RemoteError.
+        Raising ``postage.Reject`` dead-letters the task at once.
+        """
+        if not callable(subscriber):
+            raise TypeError("a task subscriber must be callable")
+        identifier = identifier or uuid.uuid4().hex
+        if identifier in self._subscribers:
+            raise ConfigurationError(f"task subscriber {identifier!r} already exists")
+        comm = self._comm
+        comm._check_open()
+
+        async def handler(delivery: Delivery) -> None:
+            await comm._handle_task(self.name, subscriber, delivery)
+
+        subscription = await comm.core.subscribe(
+            self.name, handler, prefetch_count=self.prefetch_count,
+            policy=RetryPolicy(comm.options.task_max_attempts),
+        )
+        self._subscribers[identifier] = (subscriber, subscription)
+        return identifier
+
+    async def remove_task_subscriber(self, identifier: str | Subscriber) -> None:
+        """Stop a subscriber (by identifier or the callback itself); tasks it is working on
+        are finished first."""
+        key = _find(self._subscribers, identifier, lambda entry: entry[0])
+        _, subscription = self._subscribers.pop(key)
+        await subscription.cancel(self._comm.options.close_timeout)
+
+    async def _cancel_all(self) -> None:
+        for key in list(self._subscribers):
+            await self.remove_task_subscriber(key)
+
+
+def _find(table: Mapping[str, Any], key: Any, callback_of: Callable[[Any], Any]) -> str:
+    if isinstance(key, str) and key in table:
+        return key
+    for identifier, entry in table.items():
+        if callback_of(entry) is key:
+            return identifier
+    raise ValueError(f"no subscriber {key!r}")
+
+
+class AsyncCommunicator:
+    """kiwiPy-style messaging on one Postage core: the verbs are coroutines.
+
+    Use ``async with await postage.aio.connect(url) as comm`` (or ``comm = await
+    connect(url)`` then ``await comm.close()``). Futures returned by ``task_send`` and
+    ``rpc_send`` are asyncio futures of this loop.
+    """
+
+    def __init__(self, core: Core, options: CommunicatorOptions | None = None, *,
+                 owns_core: bool = False) -> None:
+        self.core = core
+        self.options = options or CommunicatorOptions()
+        self._owns_core = owns_core
+        self._fingerprint = Fingerprint(name=self.options.name, type="communicator").as_dict()
+        # The communicator passed to subscribers: the blocking facade sets itself here.
+        self.callback_comm: Any = self
+        self._declared = False
+        self._declare_lock = asyncio.Lock()
+        self._default_queue: AsyncTaskQueue | None = None
+        self._rpc: dict[str, tuple[Subscriber, Consumer, str]] = {}
+        self._broadcast_subscribers: dict[str, Subscriber] = {}
+        self._broadcast_queue: str | None = None
+        self._broadcast_consumer: Consumer | None = None
+        self._broadcast_lock = asyncio.Lock()
+        self._broadcast_order = asyncio.Lock()
+        self._task_queues: list[AsyncTaskQueue] = []
+        self._outstanding: set[asyncio.Future[Any]] = set()
+        self._forget_outstanding = self._outstanding.discard  # one bound method for all
+        self._presence: PresenceAnnouncer | None = None
+        self._closed = False
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncCommunicator:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    def is_closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConnectionClosed("the communicator is closed")
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop the subscribers (letting running ones finish), wait for outstanding
+        confirms, then disconnect. Result futures still waiting are cancelled."""
+        if self._closed:
+            return
+        self._closed = True
+        timeout = self.options.close_timeout if timeout is None else timeout
+        if self._presence is not None:
+            await self._presence.stop(timeout=min(timeout, 5.0))
+        for future in list(self._outstanding):
+            future.cancel()
+        # Every consumer stops at once and their handlers finish in parallel, so that
+        # ``timeout`` bounds the whole close (not each subscriber in turn).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        cancels: list[Awaitable[None]] = []
+        for queue in self._task_queues:
+            cancels += [sub.cancel(timeout) for _, sub in queue._subscribers.values()]
+            queue._subscribers.clear()
+        cancels += [consumer.cancel(timeout) for _, consumer, _ in self._rpc.values()]
+        if self._broadcast_consumer is not None:
+            cancels.append(self._broadcast_consumer.cancel(timeout))
+        await asyncio.gather(*cancels, return_exceptions=True)
+        if self._owns_core:
+            await self.core.close(max(0.5, deadline - loop.time()))
+
+    async def run_until_signal(
+        self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT), *,
+        close_timeout: float | None = None,
+    ) -> int | None:
+        """Serve the subscribers until one of ``signals`` arrives, then :meth:`close`
+        gracefully (stop consuming, let running subscribers finish within
+        ``close_timeout``, ack their tasks, wait for confirms). Return the signal number
+        (None when the communicator was closed otherwise). An explicit opt-in for a
+        program whose main loop this is: it needs the main thread's event loop
+        (``asyncio.run``); the previous signal handlers are restored afterwards."""
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        caught: asyncio.Future[int] = loop.create_future()
+        previous = {sig: signal.getsignal(sig) for sig in signals}
+
+        def on_signal(sig: int) -> None:
+            if not caught.done():
+                log.info("signal %s: closing the communicator gracefully",
+                         signal.Signals(sig).name)
+                caught.set_result(sig)
+
+        try:
+            for sig in signals:
+                loop.add_signal_handler(sig, on_signal, sig)
+        except (RuntimeError, ValueError, NotImplementedError) as exc:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            raise ConfigurationError(
+                f"run_until_signal needs the main thread's event loop: {exc}") from None
+        try:
+            while not self._closed:
+                done, _ = await asyncio.wait({caught}, timeout=1.0)
+                if done:
+                    await self.close(close_timeout)
+                    return caught.result()
+            return None
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+                handler = previous[sig]
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+    async def _declare_exchanges(self) -> None:
+        if self._declared:
+            return
+        async with self._declare_lock:
+            if not self._declared:
+                opts = self.options
+                await self.core.declare_exchange(opts.task_exchange, "direct", durable=True)
+                await self.core.declare_exchange(opts.rpc_exchange, "direct", durable=True)
+                await self.core.declare_exchange(opts.broadcast_exchange, "topic", durable=True)
+                self._declared = True
+
+    # -- tasks ------------------------------------------------------------------------
+
+    async def task_queue(self, name: str, prefetch_count: int | None = None) -> AsyncTaskQueue:
+        """The durable task queue ``name`` (declared now)."""
+        self._check_open()
+        await self._declare_exchanges()
+        prefetch = self.options.task_prefetch_count if prefetch_count is None else prefetch_count
+        if prefetch < 0:
+            raise ConfigurationError("prefetch_count must be 0 (no limit) or more")
+        queue = AsyncTaskQueue(self, name, prefetch)
+        await queue._declare()
+        self._task_queues.append(queue)
+        return queue
+
+    async def _default(self) -> AsyncTaskQueue:
+        if self._default_queue is None:
+            self._default_queue = await self.task_queue(self.options.task_queue)
+        return self._default_queue
+
+    async def task_send(self, task: Any, no_reply: bool = False) -> asyncio.Future[Any] | None:
+        """Send ``task`` to the default task queue (see :meth:`AsyncTaskQueue.task_send`)."""
+        return await (await self._default()).task_send(task, no_reply)
+
+    async def add_task_subscriber(self, subscriber: Subscriber,
+                                  identifier: str | None = None) -> str:
+        """Subscribe to the default task queue."""
+        return await (await self._default()).add_task_subscriber(subscriber, identifier)
+
+    async def remove_task_subscriber(self, identifier: str | Subscriber) -> None:
+        """Remove a subscriber of the default task queue."""
+        await (await self._default()).remove_task_subscriber(identifier)
+
+    async def _send_task(self, queue: str, task: Any, no_reply: bool) -> asyncio.Future[Any] | None:
+        self._check_open()
+        await self._declare_exchanges()
+        envelope = _wire.request_envelope(_wire.TASK_TYPE, queue, task, reply=not no_reply,
+                                          fingerprint=self._fingerprint)
+        body = self.core.encode(envelope)
+        props = self.core.properties(delivery_mode=PERSISTENT)
+        exchange = self.options.task_exchange
+        if no_reply:
+            await self.core.publish(exchange, queue, body, props, mandatory=True,
+                                    timeout=self.options.operation_timeout)
+            return None
+        timeout = self.options.task_timeout
+        reply = await self.core.request(exchange, queue, body, props,
+                                        timeout=NO_DEADLINE if timeout is None else timeout,
+                                        transform=self._result_value)
+        return self._track(reply)
+
+    async def _handle_task(self, queue: str, subscriber: Subscriber, delivery: Delivery) -> None:
+        # Only the final failure is reported to the sender: earlier ones are retried.
+        final = _attempt(delivery) >= self.options.task_max_attempts
+        try:
+            envelope = self.core.decode_envelope(delivery)
+        except DecodingError as exc:
+            await self._reply_exception(delivery, queue, exc)
+            raise
+        try:
+            result = await self._invoke(subscriber, self.callback_comm,
+                                        _wire.request_body(envelope))
+        except asyncio.CancelledError:
+            raise
+        except Reject as exc:
+            await self._reply_exception(delivery, queue, exc)
+            raise
+        except Exception as exc:
+            if final:
+                await self._reply_exception(delivery, queue, exc)
+            raise
+        await self._reply_success(delivery, queue, result)
+
+    # -- RPC --------------------------------------------------------------------------
+
+    async def rpc_send(self, recipient_id: str, msg: Any) -> asyncio.Future[Any]:
+        """Send ``msg`` to the RPC subscriber ``recipient_id``; return a future of its
+        reply once the broker has accepted the request.
+
+        Raises Unroutable at once when nobody subscribes as ``recipient_id``; the future
+        fails with RpcTimeout (a TimeoutError) after ``rpc_timeout`` seconds and with
+        RemoteError when the subscriber raised.
+        """
+        self._check_open()
+        await self._declare_exchanges()
+        envelope = _wire.request_envelope(_wire.RPC_TYPE, recipient_id, msg, reply=True,
+                                          fingerprint=self._fingerprint)
+        reply = await self.core.request(
+            self.options.rpc_exchange, recipient_id, self.core.encode(envelope),
+            self.core.properties(), timeout=self.options.rpc_timeout,
+            transform=self._result_value,
+        )
+        return self._track(reply)
+
+    async def rpc_gather(self, recipient_id: str, msg: Any, timeout: float | None = None,
+                         max_replies: int | None = None, *, exchange: str | None = None,
+                         command: str | None = None) -> list[GatherReply]:
+        """Scatter/gather: send ``msg`` once to ``recipient_id`` (a key several servers
+        receive) and return every reply arriving within ``timeout`` seconds (default
+        ``rpc_timeout``), stopping after ``max_replies``. Each :class:`GatherReply` says who
+        answered (``fingerprint``), with ``value``/``error``/``rtt``; never raises
+        RpcTimeout; an empty list when no queue receives the request.
+
+        ``exchange`` (default ``postage.rpc``) and ``command`` (the envelope name, default
+        ``recipient_id``) reach classic components, e.g.
+        ``rpc_gather("worker", None, 2, exchange="generic-application-exchange",
+        command="ping")``.
+        """
+        self._check_open()
+        await self._declare_exchanges()
+        try:
+            return await gather_replies(
+                self.core, exchange or self.options.rpc_exchange, recipient_id,
+                command or recipient_id, msg, fingerprint=self._fingerprint,
+                timeout=self.options.rpc_timeout if timeout is None else timeout,
+                max_replies=max_replies,
+            )
+        except Unroutable:
+            return []
+
+    async def announce(self, fingerprint: Fingerprint | Mapping[str, Any] | None = None,
+                       interval: float = 10.0) -> None:
+        """Opt in to presence: say ``online`` on ``postage.presence`` now, a heartbeat
+        every ``interval`` seconds, ``offline`` on :meth:`close`; answer presence probes.
+        ``fingerprint`` defaults to the communicator's own."""
+        self._check_open()
+        if self._presence is not None:
+            raise ConfigurationError("this communicator announces its presence already")
+        if isinstance(fingerprint, Fingerprint):
+            fp: Mapping[str, Any] = fingerprint.as_dict()
+        else:
+            fp = fingerprint if fingerprint is not None else self._fingerprint
+        announcer = PresenceAnnouncer(self.core, fp, interval=interval)
+        await announcer.start()
+        self._presence = announcer
+
+    async def add_rpc_subscriber(self, subscriber: Subscriber,
+                                 identifier: str | None = None) -> str:
+        """Answer RPCs sent to ``identifier`` with ``subscriber(comm, body)``; return the
+        identifier (a new unique one when None). One server per identifier."""
+        if not callable(subscriber):
+            raise TypeError("an RPC subscriber must be callable")
+        self._check_open()
+        identifier = identifier or uuid.uuid4().hex
+        if identifier in self._rpc:
+            raise ConfigurationError(f"RPC subscriber {identifier!r} already exists")
+        await self._declare_exchanges()
+        queue = f"{self.options.rpc_exchange}.{identifier}"
+        core = self.core
+        await core.declare_queue(queue, exclusive=True, auto_delete=True)
+        await core.bind(queue, self.options.rpc_exchange, identifier)
+
+        async def on_request(delivery: Delivery) -> None:
+            await self._handle_rpc(identifier, subscriber, delivery)
+
+        try:
+            consumer = await core.transport.consume(
+                queue, on_request, prefetch_count=self.options.rpc_prefetch_count,
+            )
+        except BaseException:
+            with contextlib.suppress(PostageError):
+                await core.transport.delete_queue(queue)
+            raise
+        self._rpc[identifier] = (subscriber, consumer, queue)
+        return identifier
+
+    async def remove_rpc_subscriber(self, identifier: str | Subscriber) -> None:
+        """Stop answering as ``identifier`` (requests in progress are answered first);
+        later requests to it fail with Unroutable."""
+        key = _find(self._rpc, identifier, lambda entry: entry[0])
+        _, consumer, queue = self._rpc.pop(key)
+        await consumer.cancel(self.options.close_timeout)
+        with contextlib.suppress(PostageError):
+            await self.core.transport.delete_queue(queue)
+
+    async def _handle_rpc(self, identifier: str, subscriber: Subscriber,
+                          delivery: Delivery) -> None:
+        try:
+            try:
+                envelope = self.core.decode_envelope(delivery)
+            except DecodingError as exc:
+                # the caller learns why at once; the request is kept for inspection
+                await self._reply_exception(delivery, identifier, exc)
+                await self.core.dead_letter(delivery, f"{self.options.rpc_exchange}."
+                                            f"{identifier}", "undecodable", str(exc))
+                return
+            try:
+                result = await self._invoke(subscriber, self.callback_comm,
+                                            _wire.request_body(envelope))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("RPC subscriber %r raised %s: %s", identifier, type(exc).__name__, exc)
+                await self._reply_exception(delivery, identifier, exc)
+            else:
+                await self._reply_success(delivery, identifier, result)
+        except asyncio.CancelledError:
+            await delivery.nack(requeue=True)
+            raise
+        finally:
+            if not delivery.settled:
+                await delivery.ack()
+
+    # -- broadcasts -------------------------------------------------------------------
+
+    async def broadcast_send(self, body: Any, sender: Any = None, subject: Any = None,
+                             correlation_id: Any = None) -> bool:
+        """Send a broadcast to every broadcast subscriber (none is fine); True once the
+        broker has accepted it."""
+        self._check_open()
+        await self._declare_exchanges()
+        envelope = _wire.broadcast_envelope(body, sender, subject, correlation_id,
+                                            self._fingerprint)
+        props = self.core.properties(
+            correlation_id=None if correlation_id is None else str(correlation_id))
+        await self.core.publish(
+            self.options.broadcast_exchange, subject if isinstance(subject, str) else "",
+            self.core.encode(envelope), props, mandatory=False,
+            timeout=self.options.operation_timeout,
+        )
+        return True
+
+    async def add_broadcast_subscriber(self, subscriber: Subscriber | BroadcastFilter,
+                                       identifier: str | None = None) -> str:
+        """Receive broadcasts with ``subscriber(comm, body, sender, subject, msg_id)`` or a
+        :class:`BroadcastFilter`; return the identifier."""
+        if not callable(subscriber):
+            raise TypeError("a broadcast subscriber must be callable")
+        self._check_open()
+        identifier = identifier or uuid.uuid4().hex
+        async with self._broadcast_lock:
+            if identifier in self._broadcast_subscribers:
+                raise ConfigurationError(f"broadcast subscriber {identifier!r} already exists")
+            if self._broadcast_consumer is None:
+                await self._start_broadcasts()
+            self._broadcast_subscribers[identifier] = subscriber
+        return identifier
+
+    async def remove_broadcast_subscriber(self, identifier: str | Subscriber) -> None:
+        """Stop delivering broadcasts to a subscriber (by identifier or the callback)."""
+        async with self._broadcast_lock:
+            key = _find(self._broadcast_subscribers, identifier, lambda entry: entry)
+            del self._broadcast_subscribers[key]
+            if not self._broadcast_subscribers:
+                await self._stop_broadcasts()
+
+    async def _start_broadcasts(self) -> None:
+        await self._declare_exchanges()
+        queue = f"{self.options.broadcast_exchange}.{uuid.uuid4().hex}"
+        core = self.core
+        await core.declare_queue(queue, exclusive=True, auto_delete=True)
+        await core.bind(queue, self.options.broadcast_exchange, "#")
+        self._broadcast_consumer = await core.transport.consume(
+            queue, self._handle_broadcast, prefetch_count=self.options.broadcast_prefetch_count,
+        )
+        self._broadcast_queue = queue
+
+    async def _stop_broadcasts(self) -> None:
+        consumer, queue = self._broadcast_consumer, self._broadcast_queue
+        self._broadcast_consumer = self._broadcast_queue = None
+        if consumer is not None:
+            await consumer.cancel(self.options.close_timeout)
+        if queue is not None:
+            with contextlib.suppress(PostageError):
+                await self.core.transport.delete_queue(queue)
+
+    async def _handle_broadcast(self, delivery: Delivery) -> None:
+        # Broadcasts are not retried: the queue is this communicator's own and temporary;
+        # a failing subscriber is logged and the others still get it. An undecodable one
+        # goes to ``<broadcast exchange>.dlq`` and reaches no subscriber.
+        # One broadcast at a time (the lock is fair), so subscribers see them in order.
+        async with self._broadcast_order:
+            await self._dispatch_broadcast(delivery)
+
+    async def _dispatch_broadcast(self, delivery: Delivery) -> None:
+        try:
+            try:
+                envelope = self.core.decode_envelope(delivery)
+            except DecodingError as exc:
+                # to one durable ``<broadcast exchange>.dlq``: the receiving queue is
+                # temporary, a DLQ per communicator would outlive it forever
+                await self.core.dead_letter(delivery, self.options.broadcast_exchange,
+                                            "undecodable", str(exc))
+                return
+            body, sender, subject, msg_id = _wire.parse_broadcast(
+                envelope, delivery.correlation_id)
+            calls = []
+            for identifier, subscriber in list(self._broadcast_subscribers.items()):
+                target = subscriber
+                if isinstance(subscriber, BroadcastFilter):
+                    try:
+                        if subscriber.is_filtered(sender, subject):
+                            continue
+                    except Exception:  # a filter value whose == fails on odd input
+                        log.exception("broadcast filter of %r failed; skipped", identifier)
+                        continue
+                    target = subscriber.subscriber
+                calls.append(self._run_broadcast(identifier, target, body, sender, subject,
+                                                 msg_id))
+            if calls:
+                await asyncio.gather(*calls)
+        finally:
+            if not delivery.settled:
+                await delivery.ack()
+
+    async def _run_broadcast(self, identifier: str, subscriber: Subscriber, *args: Any) -> None:
+        try:
+            await self._invoke(subscriber, self.callback_comm, *args)
+        except Exception:
+            log.exception("broadcast subscriber %r raised", identifier)
+
+    # -- shared helpers ---------------------------------------------------------------
+
+    async def _invoke(self, fn: Subscriber, *args: Any) -> Any:
+        if _is_async(fn):
+            result = await fn(*args)
+        else:
+            result = await self.core.run_sync(fn, *args)
+        while True:  # a subscriber may answer later with a future or awaitable
+            if isinstance(result, concurrent.futures.Future):
+                result = await asyncio.wrap_future(result)
+            elif inspect.isawaitable(result):
+                result = await result
+            else:
+                return result
+
+    async def _reply_success(self, delivery: Delivery, name: str, value: Any) -> None:
+        if not delivery.reply_to:
+            return
+        try:
+            body = self.core.encode(_wire.success_envelope(name, value, self._fingerprint))
+        except EncodingError as exc:
+            await self._reply_exception(delivery, name, exc)
+            return
+        await self.core.reply(delivery, body, self.core.properties())
+
+    async def _reply_exception(self, delivery: Delivery, name: str, exc: BaseException) -> None:
+        if not delivery.reply_to:
+            return
+        envelope = _wire.exception_envelope(name, exc, self._fingerprint)
+        try:
+            body = self.core.encode(envelope)
+        except EncodingError:  # a message that cannot be encoded: send its repr
+            envelope["content"]["message"] = repr(str(exc))[:10_000]
+            envelope["_reserved"] = {}
+            body = self.core.encode(envelope)
+        await self.core.reply(delivery, body, self.core.properties())
+
+    def _result_value(self, reply: Delivery) -> Any:
+        """The value of a result envelope (RemoteError etc. raised), run by the core on
+        the reply: the core's future is the caller's, with no second future chained."""
+        return _wire.result_value(self.core.decode_envelope(reply))
+
+    def _track(self, future: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        # cancelled on close; cancelling it (caller or close) makes the core forget it
+        self._outstanding.add(future)
+        future.add_done_callback(self._forget_outstanding)
+        return future
+
+
+async def open_communicator(url: str | None = None, **options: Any) -> AsyncCommunicator:
+    """Open a core for ``url`` and an AsyncCommunicator that owns it."""
+    comm_options, core_options = CommunicatorOptions.split(options)
+    core = await open_core(url, **core_options)
+    comm = AsyncCommunicator(core, comm_options, owns_core=True)
+    try:
+        await comm._declare_exchanges()
+    except BaseException:
+        await core.close(1.0)
+        raise
+    return comm

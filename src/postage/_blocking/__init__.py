@@ -1,0 +1,1 @@
+"""_blocking: see the layer map in the README."""

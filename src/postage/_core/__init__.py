@@ -1,0 +1,1 @@
+"""_core: see the layer map in the README."""

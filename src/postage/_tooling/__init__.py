@@ -1,0 +1,1 @@
+"""_tooling: see the layer map in the README."""

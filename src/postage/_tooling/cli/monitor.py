@@ -1,0 +1,249 @@
+"""``postage monitor``: a live view of the components and queues of a virtual host.
+
+Components come from presence (a probe at start, then the ``online``/``heartbeat``/
+``offline`` messages): name, type, pid, host, groups, status (``online``, ``offline``, or
+``DEAD`` after three silent heartbeat intervals) and when each was last heard of.
+
+Queues come from the management HTTP API when it answers (``--management-url``, default
+``http://HOST:15672`` of the broker URL, with the URL's credentials): every queue of the
+vhost with its depth, consumers and publish/deliver rates. Otherwise from AMQP (passive
+declares): the queues of the live GenericApplications (``name``, ``name@host``,
+``pid@host``, ``name#group``) and the ``--queue`` ones, with depth and consumers; the
+rates are then computed from the depth change between two refreshes (``-`` at first).
+
+The view refreshes in place every ``--interval`` seconds until Ctrl-C; ``--once`` prints
+one snapshot (plain text) and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote, urlsplit
+
+from postage._api.presence import PresenceWatcher
+from postage._core.core import Core
+from postage._exceptions import ConfigurationError, NotFound, PostageError
+from postage._settings import redact_url
+from postage._tooling.cli import common as _common
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from postage._api.presence import ComponentState
+    from postage._tooling.cli import Subparsers
+
+HTTP_TIMEOUT = 2.0
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "monitor", help="live view of components (presence) and queues (depths, rates)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    parser.add_argument("--interval", type=float, default=2.0,
+                        help="seconds between refreshes (default: 2)")
+    parser.add_argument("--probe-timeout", type=float, default=1.0,
+                        help="seconds to wait for components to answer the presence probe")
+    parser.add_argument("--management-url", default=None,
+                        help="management API base URL (default: http://HOST:15672 of --url)")
+    parser.add_argument("--no-management", action="store_true",
+                        help="use AMQP only for queue figures")
+    parser.add_argument("--queue", action="append", default=[], metavar="QUEUE",
+                        help="a queue to show as well (repeatable)")
+    _common.add_url(parser)
+    parser.set_defaults(handler=run)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueFigures:
+    """What the monitor shows of a queue; rates are messages per second (None: unknown)."""
+
+    name: str
+    messages: int
+    consumers: int
+    publish_rate: float | None = None
+    deliver_rate: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Management:
+    """Where the management API is and how to log in (kept out of any output)."""
+
+    base: str
+    user: str
+    password: str
+    vhost: str
+
+    @classmethod
+    def for_url(cls, amqp_url: str, base: str | None) -> Management:
+        sp = urlsplit(amqp_url)
+        vhost = unquote(sp.path[1:]) if len(sp.path) > 1 else "/"
+        if base is None:
+            base = f"http://{sp.hostname or '127.0.0.1'}:15672"
+        if urlsplit(base).scheme not in ("http", "https"):
+            raise ConfigurationError(f"--management-url must be http(s)://, not {base!r}")
+        return cls(base.rstrip("/"), unquote(sp.username or "guest"),
+                   unquote(sp.password or "guest"), vhost)
+
+    def fetch_queues(self) -> list[QueueFigures]:
+        """Every queue of the vhost (blocking: call it in a thread)."""
+        url = f"{self.base}/api/queues/{quote(self.vhost, safe='')}"
+        request = urllib.request.Request(url)
+        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
+            data = json.loads(response.read())
+        return parse_management_queues(data)
+
+
+def _rate(stats: Any, key: str) -> float | None:
+    if not isinstance(stats, Mapping):
+        return None
+    details = stats.get(f"{key}_details")
+    rate = details.get("rate") if isinstance(details, Mapping) else None
+    return float(rate) if isinstance(rate, int | float) else None
+
+
+def parse_management_queues(data: Any) -> list[QueueFigures]:
+    """Queue figures from ``GET /api/queues/{vhost}`` (unknown fields are ignored)."""
+    result = []
+    for item in data if isinstance(data, list) else []:
+        if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+            continue
+        stats = item.get("message_stats")
+        result.append(QueueFigures(
+            item["name"], int(item.get("messages") or 0), int(item.get("consumers") or 0),
+            _rate(stats, "publish"), _rate(stats, "deliver_get")))
+    return sorted(result, key=lambda q: q.name)
+
+
+def component_queues(states: Sequence[ComponentState]) -> list[str]:
+    """The GenericApplication queues of live components: sid, hid, uid, group queues."""
+    names: set[str] = set()
+    for state in states:
+        fp = state.fingerprint
+        name, host, pid = fp.get("name"), fp.get("host"), fp.get("pid")
+        if name is None or host is None or pid is None:
+            continue
+        names.update({f"{name}", f"{name}@{host}", f"{pid}@{host}"})
+        groups = state.info.get("groups")
+        for group in groups if isinstance(groups, list) else []:
+            names.add(f"{name}#{group}")
+    return sorted(names)
+
+
+class Monitor:
+    """Collects one snapshot after another; renders them with rich."""
+
+    def __init__(self, core: Core, args: argparse.Namespace) -> None:
+        self.core = core
+        self.args = args
+        self.watcher = PresenceWatcher(core, fingerprint=_common.fingerprint(core.settings))
+        url = core.transport.url or core.settings.urls[0]
+        self.url = redact_url(url)
+        self.management: Management | None = (
+            None if args.no_management else Management.for_url(url, args.management_url))
+        self.source = "AMQP"
+        self._previous: dict[str, tuple[float, int]] = {}
+
+    async def queues(self) -> list[QueueFigures]:
+        if self.management is not None:
+            try:
+                figures = await asyncio.to_thread(self.management.fetch_queues)
+            except (OSError, ValueError, urllib.error.URLError):
+                self.management = None  # not reachable: AMQP from now on
+            else:
+                self.source = f"management API {self.management.base}"
+                return figures
+        self.source = "AMQP (passive declares)"
+        names = sorted({*component_queues(self.watcher.components()), *self.args.queue})
+        now = time.monotonic()
+        result = []
+        for name in names:
+            try:
+                messages, consumers = await self.core.transport.queue_state(name, timeout=5.0)
+            except NotFound:
+                continue
+            before = self._previous.get(name)
+            rate = None if before is None else (messages - before[1]) / max(now - before[0],
+                                                                              1e-9)
+            self._previous[name] = (now, messages)
+            result.append(QueueFigures(name, messages, consumers, rate, None))
+        return result
+
+    def render(self, queues: list[QueueFigures]) -> RenderableType:
+        from rich import box
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        now = time.monotonic()
+        states = self.watcher.states()
+        live = [s for s in states if s.alive(now)]
+        title = Text(f"postage monitor  {self.url}  {len(live)} live component(s)  "
+                     f"queues from {self.source}", style="bold")
+        style = box.SIMPLE if self.args.once else box.ROUNDED
+        comps = Table(title="components", title_justify="left", expand=False, box=style)
+        for column in ("NAME", "TYPE", "PID", "HOST", "GROUPS", "STATUS", "LAST SEEN"):
+            comps.add_column(column)
+        for state in states:
+            fp = state.fingerprint
+            status = "DEAD" if state.dead(now) else state.status
+            if status == "heartbeat":
+                status = "online"
+            groups = state.info.get("groups")
+            comps.add_row(str(fp.get("name")), str(fp.get("type")), str(fp.get("pid")),
+                          str(fp.get("host")),
+                          ",".join(map(str, groups)) if isinstance(groups, list) else "",
+                          status, f"{state.age(now):.1f}s ago",
+                          style="red" if status == "DEAD" else None)
+        table = Table(title="queues", title_justify="left", expand=False, box=style)
+        for column in ("QUEUE", "MESSAGES", "CONSUMERS", "IN/S", "OUT/S"):
+            table.add_column(column, justify="left" if column == "QUEUE" else "right")
+        for q in queues:
+            if q.name.startswith(self.watcher.exchange + "."):
+                continue  # presence's own probe/watch queues
+            table.add_row(q.name, str(q.messages), str(q.consumers), _fmt(q.publish_rate),
+                          _fmt(q.deliver_rate))
+        return Group(title, comps, table)
+
+
+def _fmt(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.1f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    async def main() -> int:
+        async with _common.connect(args) as core:
+            monitor = Monitor(core, args)
+            await monitor.watcher.start()
+            try:
+                await monitor.watcher.probe(args.probe_timeout)
+                if args.once:
+                    console = Console(width=160, force_terminal=False, no_color=True,
+                                      highlight=False)
+                    console.print(monitor.render(await monitor.queues()))
+                    return 0
+                console = Console()
+                with Live(monitor.render([]), console=console, auto_refresh=False) as live:
+                    while True:
+                        live.update(monitor.render(await monitor.queues()), refresh=True)
+                        await asyncio.sleep(args.interval)
+            finally:
+                with contextlib.suppress(PostageError):
+                    await monitor.watcher.stop(2.0)
+
+    return _common.run(main)

@@ -1,0 +1,1 @@
+"""_transport: see the layer map in the README."""

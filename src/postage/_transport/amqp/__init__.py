@@ -1,0 +1,1 @@
+"""amqp: see the layer map in the README."""

@@ -1,0 +1,1119 @@
+"""An in-memory broker and a transport on it: Postage without RabbitMQ, for tests.
+
+:class:`MemoryBroker` keeps exchanges (direct, fanout, topic, headers), queues and bindings
+in the process and follows RabbitMQ's rules where the core can tell the difference:
+FIFO queues, per-consumer prefetch, ack/nack/reject with requeue (at the message's old
+place, flagged ``redelivered``), exclusive and auto-delete queues, the default exchange,
+direct reply-to with an address per connection, mandatory publishes that reach no queue
+(Unroutable), missing exchanges and queues (NotFound), redeclaration with other flags
+(PreconditionFailed), queues deleted under their consumers.
+
+:class:`MemoryTransport` has the methods and the behaviour of the real
+:class:`~postage._transport.amqp.transport.Transport` (it is a subclass so that the core and the APIs take
+it unchanged, and overrides every public method). Deliveries run as tasks on the event
+loop of the consuming transport, one task per message, in order; nothing waits on a timer,
+so tests are deterministic and fast.
+
+``memory://NAME`` URLs select a process-wide broker by name (see :func:`named_broker`),
+so every API works unchanged on ``memory://``. :meth:`MemoryBroker.drop_connections`
+simulates a lost connection: the transports recover as the real one does.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MemoryBroker",
+    "MemoryConsumer",
+    "MemoryDelivery",
+    "MemoryTransport",
+    "broker_name",
+    "is_memory_url",
+    "named_broker",
+    "reset_named_brokers",
+    "transport_for",
+]
+
+import asyncio
+import bisect
+import contextlib
+import functools
+import itertools
+import logging
+import struct
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from .._exceptions import (
+    AccessRefused,
+    ChannelError,
+    ConfigurationError,
+    ConnectionClosed,
+    EncodingError,
+    NotFound,
+    PreconditionFailed,
+    Unroutable,
+)
+from .._settings import ConnectionSettings
+from .._wire.properties import Binding, ExchangeSpec, Properties, QueueSpec
+from .amqp.transport import DIRECT_REPLY_TO, Consumer, Delivery, DeliveryCallback, Transport
+
+log = logging.getLogger("postage.memory")
+
+SCHEME = "memory"
+EXCHANGE_TYPES = frozenset({"direct", "fanout", "topic", "headers"})
+_REPLY_PREFIX = DIRECT_REPLY_TO + "."
+_PREDECLARED = (
+    ExchangeSpec("amq.direct", "direct", durable=True),
+    ExchangeSpec("amq.fanout", "fanout", durable=True),
+    ExchangeSpec("amq.topic", "topic", durable=True),
+    ExchangeSpec("amq.headers", "headers", durable=True),
+    ExchangeSpec("amq.match", "headers", durable=True),
+)
+# The queue arguments RabbitMQ compares when a queue is declared again.
+_CHECKED_QUEUE_ARGS = (
+    "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-expires", "x-max-length",
+    "x-max-length-bytes", "x-max-priority", "x-message-ttl", "x-overflow", "x-queue-mode",
+    "x-single-active-consumer", "x-delivery-limit",
+)
+
+
+# ---------------------------------------------------------------------------------------
+# routing
+
+
+def _words(key: str) -> tuple[str, ...]:
+    return tuple(key.split(".")) if key else ()
+
+
+@functools.lru_cache(maxsize=4096)
+def topic_matches(pattern: str, routing_key: str) -> bool:
+    """True when topic binding key ``pattern`` (``*`` one word, ``#`` zero or more) matches."""
+    pat, key = _words(pattern), _words(routing_key)
+
+    @functools.cache
+    def match(i: int, j: int) -> bool:
+        if i == len(pat):
+            return j == len(key)
+        if pat[i] == "#":
+            return match(i + 1, j) or (j < len(key) and match(i, j + 1))
+        return j < len(key) and (pat[i] in ("*", key[j])) and match(i + 1, j + 1)
+
+    return match(0, 0)
+
+
+def headers_match(arguments: Mapping[str, Any], headers: Mapping[str, Any]) -> bool:
+    """The headers exchange's test: ``x-match`` all (default) or any, of the binding's
+    arguments against the message's headers (``x-`` arguments ignored unless ``*-with-x``)."""
+    mode = str(arguments.get("x-match", "all"))
+    with_x = mode.endswith("-with-x")
+    wanted = {k: v for k, v in arguments.items()
+              if k != "x-match" and (with_x or not k.startswith("x-"))}
+    if not wanted:
+        return mode.startswith("all")
+
+    def hit(name: str, value: Any) -> bool:
+        if name not in headers:
+            return False
+        return value is None or headers[name] == value
+
+    if mode.startswith("any"):
+        return any(hit(k, v) for k, v in wanted.items())
+    return all(hit(k, v) for k, v in wanted.items())
+
+
+def _wire_copy(value: Any) -> Any:
+    """What a header value looks like after a trip through the broker: the AMQP field
+    table types only (floats go as single precision, as the AMQP client sends them)."""
+    if isinstance(value, bool | int | str | Decimal | None):
+        return value
+    if isinstance(value, float):
+        return struct.unpack("f", struct.pack("f", value))[0]
+    if isinstance(value, dict):
+        return {str(k): _wire_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_wire_copy(v) for v in value]
+    if isinstance(value, bytearray):
+        return bytearray(value)
+    if isinstance(value, datetime):
+        return value.replace(microsecond=0)
+    # the real transport fails the same way (the AMQP client cannot encode the value)
+    raise EncodingError(
+        f"cannot encode the message's properties: header value of unsupported type "
+        f"{type(value).__name__}: {value!r}"
+    )
+
+
+def _copy_properties(props: Properties) -> Properties:
+    if props.headers:
+        return replace(props, headers=_wire_copy(props.headers))
+    return replace(props)
+
+
+# ---------------------------------------------------------------------------------------
+# the broker's state
+
+
+@dataclass(slots=True)
+class _Message:
+    body: bytes
+    properties: Properties
+    exchange: str
+    routing_key: str
+    seq: int
+    redelivered: bool = False
+    delivery_count: int = 0
+
+
+@dataclass(slots=True)
+class _Exchange:
+    spec: ExchangeSpec
+    bindings: dict[Binding, None] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Queue:
+    spec: QueueSpec
+    owner: MemoryTransport | None
+    ready: deque[_Message] = field(default_factory=deque)
+    consumers: list[MemoryConsumer] = field(default_factory=list)
+    turn: int = 0  # round robin among consumers
+    had_consumers: bool = False
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        return dict(self.spec.arguments)
+
+    @property
+    def quorum(self) -> bool:
+        return ("x-queue-type", "quorum") in self.spec.arguments
+
+
+class MemoryBroker:
+    """A RabbitMQ stand-in living in this process; connect with :class:`MemoryTransport`
+    (or any API with its :attr:`url`). Safe to share between event loops and threads."""
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+        self._lock = threading.RLock()
+        self._exchanges: dict[str, _Exchange] = {s.name: _Exchange(s) for s in _PREDECLARED}
+        self._queues: dict[str, _Queue] = {}
+        self._connections: dict[int, MemoryTransport] = {}
+        self._replies: dict[str, MemoryTransport] = {}
+        self._seq = itertools.count(1)
+        self._connection_ids = itertools.count(1)
+        self.published = 0
+
+    def __repr__(self) -> str:
+        return f"MemoryBroker({self.name!r}, queues={len(self._queues)})"
+
+    @property
+    def url(self) -> str:
+        """The ``memory://`` URL of this broker when it is a named one."""
+        return f"{SCHEME}://{self.name}"
+
+    # -- inspection (for tests) -------------------------------------------------------
+
+    def queue_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._queues)
+
+    def exchange_names(self) -> list[str]:
+        with self._lock:
+            return sorted(n for n in self._exchanges if not n.startswith("amq."))
+
+    def has_queue(self, name: str) -> bool:
+        with self._lock:
+            return name in self._queues
+
+    def has_exchange(self, name: str) -> bool:
+        with self._lock:
+            return name == "" or name in self._exchanges
+
+    def message_count(self, queue: str) -> int:
+        """Messages ready in ``queue`` (not counting those delivered and not yet settled)."""
+        with self._lock:
+            return len(self._require_queue(queue).ready)
+
+    def unacked_count(self, queue: str) -> int:
+        with self._lock:
+            q = self._require_queue(queue)
+            return sum(sum(1 for d in c._unacked.values() if d._queue is q) for c in q.consumers)
+
+    def consumer_count(self, queue: str) -> int:
+        with self._lock:
+            return len(self._require_queue(queue).consumers)
+
+    def bindings(self, queue: str | None = None) -> list[Binding]:
+        with self._lock:
+            found = [b for x in self._exchanges.values() for b in x.bindings]
+            return [b for b in found if queue is None or b.queue == queue]
+
+    def peek(self, queue: str) -> list[tuple[bytes, Properties]]:
+        """Bodies and properties of the messages ready in ``queue``, oldest first (copies)."""
+        with self._lock:
+            return [(m.body, _copy_properties(m.properties))
+                    for m in self._require_queue(queue).ready]
+
+    def get(self, queue: str) -> tuple[bytes, Properties] | None:
+        """Take the oldest ready message of ``queue`` (like basic.get with auto-ack)."""
+        with self._lock:
+            q = self._require_queue(queue)
+            if not q.ready:
+                return None
+            m = q.ready.popleft()
+            return m.body, _copy_properties(m.properties)
+
+    @property
+    def connection_count(self) -> int:
+        with self._lock:
+            return len(self._connections)
+
+    def drop_connections(self) -> None:
+        """Cut every connection as a network failure would: their unacked messages are
+        requeued and their exclusive queues deleted; each transport then recovers (declares
+        its topology again, restarts its consumers) on its own loop."""
+        with self._lock:
+            transports = list(self._connections.values())
+            for transport in transports:
+                self._disconnect(transport)
+        for transport in transports:
+            transport._schedule(transport._recover)
+
+    def reset(self) -> None:
+        """Forget every queue and exchange (connections stay, their consumers are cancelled)."""
+        with self._lock:
+            for name in list(self._queues):
+                self._delete_queue(name)
+            self._exchanges = {s.name: _Exchange(s) for s in _PREDECLARED}
+
+    # -- connections --------------------------------------------------------------------
+
+    def _connect(self, transport: MemoryTransport) -> int:
+        with self._lock:
+            cid = next(self._connection_ids)
+            self._connections[cid] = transport
+            return cid
+
+    def _disconnect(self, transport: MemoryTransport) -> None:
+        with self._lock:
+            self._connections.pop(transport._connection_id, None)
+            for consumer in list(transport._consumers.values()):
+                if isinstance(consumer, MemoryConsumer):
+                    self._remove_consumer(consumer)
+                    consumer._close_channel()
+            if transport._reply_address is not None:
+                self._replies.pop(transport._reply_address, None)
+                transport._reply_address = None
+            for name, q in list(self._queues.items()):
+                if q.owner is transport:
+                    self._delete_queue(name)
+
+    # -- checks -------------------------------------------------------------------------
+
+    def _require_queue(self, name: str) -> _Queue:
+        q = self._queues.get(name)
+        if q is None:
+            raise NotFound(f"NOT_FOUND - no queue '{name}' in vhost '/'", 404)
+        return q
+
+    def _require_exchange(self, name: str) -> _Exchange:
+        x = self._exchanges.get(name)
+        if x is None:
+            raise NotFound(f"NOT_FOUND - no exchange '{name}' in vhost '/'", 404)
+        return x
+
+    def _check_owner(self, q: _Queue, transport: MemoryTransport) -> None:
+        if q.owner is not None and q.owner is not transport:
+            raise ChannelError(
+                f"RESOURCE_LOCKED - cannot obtain exclusive access to locked queue "
+                f"'{q.spec.name}' in vhost '/'", 405,
+            )
+
+    # -- topology -----------------------------------------------------------------------
+
+    def declare_exchange(self, spec: ExchangeSpec) -> None:
+        with self._lock:
+            if spec.name.startswith("amq."):
+                raise AccessRefused(
+                    f"ACCESS_REFUSED - exchange name '{spec.name}' contains reserved prefix "
+                    "'amq.*'", 403,
+                )
+            if spec.type not in EXCHANGE_TYPES:
+                raise ChannelError(f"COMMAND_INVALID - unknown exchange type '{spec.type}'", 503)
+            existing = self._exchanges.get(spec.name)
+            if existing is None:
+                self._exchanges[spec.name] = _Exchange(spec)
+                return
+            old = existing.spec
+            ae = "alternate-exchange"
+            if (old.type, old.durable, old.auto_delete, old.internal) != (
+                spec.type, spec.durable, spec.auto_delete, spec.internal,
+            ) or dict(old.arguments).get(ae) != dict(spec.arguments).get(ae):
+                raise PreconditionFailed(
+                    f"PRECONDITION_FAILED - inequivalent arg for exchange '{spec.name}' in "
+                    f"vhost '/': declared {old}, asked for {spec}", 406,
+                )
+
+    def check_exchange(self, name: str) -> None:
+        with self._lock:
+            if name:
+                self._require_exchange(name)
+
+    def delete_exchange(self, name: str) -> None:
+        with self._lock:
+            if name.startswith("amq.") or name == "":
+                raise AccessRefused(f"ACCESS_REFUSED - cannot delete exchange '{name}'", 403)
+            self._exchanges.pop(name, None)
+
+    def declare_queue(self, spec: QueueSpec, transport: MemoryTransport) -> tuple[int, int]:
+        with self._lock:
+            if spec.name.startswith("amq."):
+                raise AccessRefused(
+                    f"ACCESS_REFUSED - queue name '{spec.name}' contains reserved prefix "
+                    "'amq.*'", 403,
+                )
+            args = dict(spec.arguments)
+            qtype = args.get("x-queue-type", "classic")
+            if qtype not in ("classic", "quorum"):
+                raise PreconditionFailed(
+                    f"PRECONDITION_FAILED - invalid arg 'x-queue-type' for queue "
+                    f"'{spec.name}': unsupported in memory: {qtype!r}", 406,
+                )
+            if qtype == "quorum" and (spec.exclusive or spec.auto_delete or not spec.durable):
+                bad = ("exclusive" if spec.exclusive else "auto-delete" if spec.auto_delete
+                       else "non-durable")
+                raise PreconditionFailed(
+                    f"PRECONDITION_FAILED - invalid property '{bad}' for queue "
+                    f"'{spec.name}' in vhost '/'", 406,
+                )
+            existing = self._queues.get(spec.name)
+            if existing is None:
+                owner = transport if spec.exclusive else None
+                self._queues[spec.name] = _Queue(spec, owner)
+                return 0, 0
+            self._check_owner(existing, transport)
+            old = existing.spec
+            old_args = dict(old.arguments)
+            same = (old.durable, old.auto_delete, old.exclusive) == (
+                spec.durable, spec.auto_delete, spec.exclusive
+            ) and old_args.get("x-queue-type", "classic") == qtype and all(
+                old_args.get(k) == args.get(k) for k in _CHECKED_QUEUE_ARGS
+            )
+            if not same:
+                raise PreconditionFailed(
+                    f"PRECONDITION_FAILED - inequivalent arg for queue '{spec.name}' in "
+                    f"vhost '/': declared {old}, asked for {spec}", 406,
+                )
+            return len(existing.ready), len(existing.consumers)
+
+    def queue_state(self, name: str, transport: MemoryTransport) -> tuple[int, int]:
+        with self._lock:
+            q = self._require_queue(name)
+            self._check_owner(q, transport)
+            return len(q.ready), len(q.consumers)
+
+    def delete_queue(self, name: str, transport: MemoryTransport) -> None:
+        with self._lock:
+            q = self._queues.get(name)
+            if q is not None:
+                self._check_owner(q, transport)
+                self._delete_queue(name)
+
+    def _delete_queue(self, name: str) -> None:
+        q = self._queues.pop(name)
+        for x in self._exchanges.values():
+            for b in [b for b in x.bindings if b.queue == name]:
+                del x.bindings[b]
+        q.ready.clear()
+        for consumer in list(q.consumers):
+            q.consumers.remove(consumer)
+            consumer._queue_obj = None
+            consumer._transport._schedule(consumer._cancelled_by_broker)
+
+    def purge_queue(self, name: str, transport: MemoryTransport) -> int:
+        with self._lock:
+            q = self._require_queue(name)
+            self._check_owner(q, transport)
+            count = len(q.ready)
+            q.ready.clear()
+            return count
+
+    def bind(self, binding: Binding, transport: MemoryTransport) -> None:
+        with self._lock:
+            if binding.exchange == "":
+                raise AccessRefused(
+                    "ACCESS_REFUSED - operation not permitted on the default exchange", 403
+                )
+            q = self._require_queue(binding.queue)
+            self._check_owner(q, transport)
+            self._require_exchange(binding.exchange).bindings[binding] = None
+
+    def unbind(self, binding: Binding, transport: MemoryTransport) -> None:
+        with self._lock:
+            if binding.exchange == "":
+                raise AccessRefused(
+                    "ACCESS_REFUSED - operation not permitted on the default exchange", 403
+                )
+            q = self._queues.get(binding.queue)
+            if q is not None:
+                self._check_owner(q, transport)
+            x = self._exchanges.get(binding.exchange)
+            if x is not None:
+                x.bindings.pop(binding, None)
+
+    # -- publishing ---------------------------------------------------------------------
+
+    def publish(
+        self, transport: MemoryTransport, exchange: str, routing_key: str, body: bytes,
+        properties: Properties, mandatory: bool,
+    ) -> None:
+        with self._lock:
+            if exchange == "" and routing_key.startswith(_REPLY_PREFIX):
+                target = self._replies.get(routing_key)
+                if target is None:
+                    if mandatory:
+                        raise Unroutable(exchange, routing_key)
+                    return
+                self.published += 1
+                target._deliver_reply(_Message(
+                    bytes(body), _copy_properties(properties), exchange, routing_key,
+                    next(self._seq)))
+                return
+            x = self._exchanges.get(exchange) if exchange else None
+            if exchange and x is None:
+                raise NotFound(f"NOT_FOUND - no exchange '{exchange}' in vhost '/'", 404)
+            if x is not None and x.spec.internal:
+                raise AccessRefused(
+                    f"ACCESS_REFUSED - cannot publish to internal exchange '{exchange}'", 403
+                )
+            queues = self._route(x, routing_key, properties.headers or {})
+            self.published += 1
+            if not queues:
+                if mandatory:
+                    raise Unroutable(exchange, routing_key)
+                return
+            stored = _copy_properties(properties)
+            for q in queues:
+                self._enqueue(q, _Message(bytes(body), stored, exchange, routing_key,
+                                          next(self._seq)))
+
+    def _route(self, x: _Exchange | None, routing_key: str,
+               headers: Mapping[str, Any], seen: frozenset[str] = frozenset()) -> list[_Queue]:
+        if x is None:  # the default exchange
+            q = self._queues.get(routing_key)
+            return [q] if q is not None else []
+        kind = x.spec.type
+        names: dict[str, None] = {}
+        for b in x.bindings:
+            if kind == "fanout":
+                ok = True
+            elif kind == "direct":
+                ok = b.routing_key == routing_key
+            elif kind == "topic":
+                ok = topic_matches(b.routing_key, routing_key)
+            else:
+                ok = headers_match(dict(b.arguments), headers)
+            if ok:
+                names[b.queue] = None
+        found = [self._queues[n] for n in names if n in self._queues]
+        alternate = dict(x.spec.arguments).get("alternate-exchange")
+        if not found and alternate and alternate not in seen:
+            ax = self._exchanges.get(str(alternate))
+            if ax is not None:
+                return self._route(ax, routing_key, headers, seen | {x.spec.name})
+        return found
+
+    def _enqueue(self, q: _Queue, message: _Message) -> None:
+        q.ready.append(message)
+        limit = q.arguments.get("x-max-length")
+        if isinstance(limit, int):
+            while len(q.ready) > limit:
+                self._dead_letter(q, q.ready.popleft(), "maxlen")
+        self._dispatch(q)
+
+    def _requeue(self, q: _Queue, message: _Message) -> None:
+        """Put ``message`` back at its old place (RabbitMQ keeps the order of requeues)."""
+        message.redelivered = True
+        if q.quorum:
+            message.delivery_count += 1
+            limit = q.arguments.get("x-delivery-limit")
+            if isinstance(limit, int) and message.delivery_count > limit:
+                self._dead_letter(q, message, "delivery_limit")
+                return
+            headers = dict(message.properties.headers or {})
+            headers["x-delivery-count"] = message.delivery_count
+            message.properties = replace(message.properties, headers=headers)
+        ready = q.ready
+        if not ready or message.seq < ready[0].seq:
+            ready.appendleft(message)
+        elif message.seq > ready[-1].seq:
+            ready.append(message)
+        else:
+            seqs = [m.seq for m in ready]
+            ready.insert(bisect.bisect(seqs, message.seq), message)
+        self._dispatch(q)
+
+    def _dead_letter(self, q: _Queue, message: _Message, reason: str) -> None:
+        args = q.arguments
+        dlx = args.get("x-dead-letter-exchange")
+        if dlx is None:
+            return
+        key = str(args.get("x-dead-letter-routing-key", message.routing_key))
+        headers = dict(message.properties.headers or {})
+        death = {"count": 1, "reason": reason, "queue": q.spec.name,
+                 "exchange": message.exchange, "routing-keys": [message.routing_key]}
+        headers["x-death"] = [death, *headers.get("x-death", [])]
+        headers.setdefault("x-first-death-reason", reason)
+        headers.setdefault("x-first-death-queue", q.spec.name)
+        headers.setdefault("x-first-death-exchange", message.exchange)
+        x = self._exchanges.get(str(dlx)) if dlx else None
+        if dlx and x is None:
+            return
+        props = replace(message.properties, headers=headers)
+        for target in self._route(x, key, headers):
+            if target is not q or reason != "maxlen":
+                target.ready.append(_Message(message.body, props, str(dlx), key,
+                                             next(self._seq)))
+                self._dispatch(target)
+
+    def _dispatch(self, q: _Queue) -> None:
+        """Hand ready messages to consumers with room, round robin, oldest first."""
+        while q.ready and q.consumers:
+            count = len(q.consumers)
+            for step in range(count):
+                consumer = q.consumers[(q.turn + step) % count]
+                if consumer._has_room():
+                    q.turn = (q.turn + step + 1) % count
+                    break
+            else:
+                return
+            consumer._deliver(q, q.ready.popleft())
+
+    # -- consumers ----------------------------------------------------------------------
+
+    def add_consumer(self, consumer: MemoryConsumer) -> None:
+        with self._lock:
+            q = self._require_queue(consumer.queue)
+            self._check_owner(q, consumer._transport)
+            if consumer.exclusive and q.consumers:
+                raise AccessRefused(
+                    f"ACCESS_REFUSED - queue '{q.spec.name}' in vhost '/' in exclusive use", 403
+                )
+            if any(c.exclusive for c in q.consumers):
+                raise AccessRefused(
+                    f"ACCESS_REFUSED - queue '{q.spec.name}' in vhost '/' in exclusive use", 403
+                )
+            q.consumers.append(consumer)
+            q.had_consumers = True
+            consumer._queue_obj = q
+            self._dispatch(q)
+
+    def _remove_consumer(self, consumer: MemoryConsumer) -> None:
+        q = consumer._queue_obj
+        consumer._queue_obj = None
+        if q is None or consumer not in q.consumers:
+            return
+        q.consumers.remove(consumer)
+        if q.spec.auto_delete and not q.consumers and self._queues.get(q.spec.name) is q:
+            self._delete_queue(q.spec.name)
+
+    def remove_consumer(self, consumer: MemoryConsumer) -> None:
+        with self._lock:
+            self._remove_consumer(consumer)
+
+    def settle(self, delivery: MemoryDelivery, outcome: str, requeue: bool) -> None:
+        with self._lock:
+            consumer = delivery._consumer
+            if consumer is None or consumer._unacked.pop(delivery.delivery_tag, None) is None:
+                return
+            q = delivery._queue
+            assert q is not None
+            if outcome != "ack" and self._queues.get(q.spec.name) is q:
+                if requeue:
+                    self._requeue(q, delivery._message)
+                else:
+                    self._dead_letter(q, delivery._message, "rejected")
+            if consumer._queue_obj is not None:
+                self._dispatch(consumer._queue_obj)
+
+    def release(self, consumer: MemoryConsumer) -> None:
+        """The consumer's channel closed: its unsettled messages go back to their queues."""
+        with self._lock:
+            unacked = sorted(consumer._unacked.values(), key=lambda d: d._message.seq)
+            consumer._unacked.clear()
+            for delivery in unacked:
+                q = delivery._queue
+                if q is not None and self._queues.get(q.spec.name) is q:
+                    self._requeue(q, delivery._message)
+
+    def register_replies(self, transport: MemoryTransport) -> str:
+        with self._lock:
+            address = f"{_REPLY_PREFIX}{self.name or '-'}.{transport._connection_id}"
+            self._replies[address] = transport
+            return address
+
+
+# ---------------------------------------------------------------------------------------
+# named brokers (memory://NAME)
+
+_named: dict[str, MemoryBroker] = {}
+_named_lock = threading.Lock()
+
+
+def is_memory_url(url: str) -> bool:
+    return url.split(":", 1)[0].lower() == SCHEME
+
+
+def broker_name(url: str) -> str:
+    """The broker name of a ``memory://NAME`` URL (``memory://`` is the name ``""``)."""
+    sp = urlsplit(url)
+    if sp.scheme.lower() != SCHEME:
+        raise ConfigurationError(f"not a memory:// URL: {url!r}")
+    return unquote(sp.netloc + sp.path).strip("/")
+
+
+def named_broker(name: str = "") -> MemoryBroker:
+    """The process-wide broker called ``name``, created on first use."""
+    with _named_lock:
+        broker = _named.get(name)
+        if broker is None:
+            broker = _named[name] = MemoryBroker(name)
+        return broker
+
+
+def transport_for(settings: ConnectionSettings) -> Transport:
+    """The transport for ``settings``: a MemoryTransport on a named broker for
+    ``memory://NAME``, else the real AMQP one. The one place the scheme is looked at."""
+    if is_memory_url(settings.urls[0]):
+        return MemoryTransport.for_settings(settings)
+    return Transport(settings)
+
+
+def reset_named_brokers() -> None:
+    """Forget every named broker (their connections keep the old ones until closed)."""
+    with _named_lock:
+        _named.clear()
+
+
+# ---------------------------------------------------------------------------------------
+# deliveries and consumers
+
+
+class _Channel:
+    """A consumer's channel: closing it returns its unsettled messages to their queues."""
+
+    __slots__ = ("closed",)
+
+    def __init__(self) -> None:
+        self.closed = False
+
+
+class MemoryDelivery(Delivery):
+    """A message received from the memory broker; the attributes of a real Delivery."""
+
+    __slots__ = ("_consumer", "_message", "_queue")
+
+    def __init__(self, message: _Message, queue: _Queue | None,
+                 consumer: MemoryConsumer | None, delivery_tag: int, consumer_tag: str,
+                 no_ack: bool) -> None:
+        self.body = message.body
+        self._properties = _copy_properties(message.properties)
+        self._raw_properties = None  # type: ignore[assignment]  # only the real one has it
+        self.exchange = message.exchange
+        self.routing_key = message.routing_key
+        self.redelivered = message.redelivered
+        self.delivery_tag = delivery_tag
+        self.consumer_tag = consumer_tag
+        self._channel = consumer.channel if consumer is not None else None
+        self._settled = no_ack
+        self._message = message
+        self._queue = queue
+        self._consumer = consumer
+
+    @property
+    def properties(self) -> Properties:
+        assert self._properties is not None
+        return self._properties
+
+    @property
+    def content_type(self) -> str | None:
+        return self.properties.content_type
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.properties.correlation_id
+
+    @property
+    def reply_to(self) -> str | None:
+        return self.properties.reply_to
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return self.properties.headers or {}
+
+    async def _settle(self, _kind: Any, what: str, **kwargs: Any) -> bool:
+        if self._settled:
+            return True
+        self._settled = True
+        consumer, channel = self._consumer, self._channel
+        if consumer is None or channel is None or channel.closed:
+            log.warning(
+                "cannot %s delivery %s: its channel closed meanwhile; the broker will "
+                "deliver it again (a duplicate)", what, self.delivery_tag,
+            )
+            return False
+        consumer._transport._broker.settle(self, what, bool(kwargs.get("requeue", False)))
+        return True
+
+
+class MemoryConsumer(Consumer):
+    """A consumer of a memory queue (the interface of the real Consumer)."""
+
+    def __init__(self, transport: MemoryTransport, queue: str, callback: DeliveryCallback,
+                 *, prefetch_count: int, no_ack: bool, exclusive: bool,
+                 arguments: Mapping[str, Any] | None) -> None:
+        super().__init__(transport, queue, callback, prefetch_count=prefetch_count,
+                         no_ack=no_ack, exclusive=exclusive, arguments=arguments)
+        self._transport: MemoryTransport = transport
+        self._queue_obj: _Queue | None = None
+        self._unacked: dict[int, MemoryDelivery] = {}
+        self._tags = itertools.count(1)
+        self.channel: _Channel | None = None
+
+    def _has_room(self) -> bool:
+        return self.active and (not self.prefetch_count
+                                or len(self._unacked) < self.prefetch_count)
+
+    def _deliver(self, q: _Queue, message: _Message) -> None:
+        """Called by the broker (under its lock): schedule the callback for ``message``."""
+        delivery = MemoryDelivery(message, q, self, next(self._tags), self.tag, self.no_ack)
+        if not self.no_ack:
+            self._unacked[delivery.delivery_tag] = delivery
+        self._transport._schedule(functools.partial(self._run, delivery))
+
+    def _run(self, delivery: MemoryDelivery) -> None:
+        if delivery._channel is None or delivery._channel.closed:
+            return  # requeued when the channel closed
+        task = asyncio.get_running_loop().create_task(self._on_message(delivery))
+        self._in_flight.add(task)
+        self._idle.clear()
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if not self._in_flight:
+            self._idle.set()
+
+    async def _on_message(self, message: Any) -> None:
+        try:
+            await self.callback(message)
+        except Exception:
+            log.exception("consumer callback for queue %r failed", self.queue)
+
+    def _close_channel(self) -> None:
+        channel = self.channel
+        if channel is not None and not channel.closed:
+            channel.closed = True
+            self._transport._broker.release(self)
+
+    def _cancelled_by_broker(self) -> None:
+        transport = self._transport
+        if self.active and not transport.closed:
+            log.warning("the broker cancelled the consumer of queue %r; restoring it", self.queue)
+            transport._spawn(transport._restart_consumer(self, declare=True))
+
+    async def _start(self, connection: Any) -> None:
+        self._close_channel()
+        self.channel = _Channel()
+        self._transport._broker.add_consumer(self)
+
+    async def cancel(self, timeout: float | None = 10.0) -> None:
+        """Stop receiving; wait (up to ``timeout``) for deliveries being handled."""
+        if not self.active:
+            return
+        self.active = False
+        transport = self._transport
+        transport._consumers.pop(self.tag, None)
+        transport._broker.remove_consumer(self)
+        if self._in_flight:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout)
+        self._close_channel()
+
+
+# ---------------------------------------------------------------------------------------
+# the transport
+
+
+class MemoryTransport(Transport):
+    """A connection to a :class:`MemoryBroker` with the interface of the real Transport."""
+
+    def __init__(self, broker: MemoryBroker | None = None,
+                 settings: ConnectionSettings | None = None) -> None:
+        broker = broker if broker is not None else named_broker("")
+        super().__init__(settings or ConnectionSettings(urls=(broker.url,)))
+        self._broker = broker
+        self._connection_id = 0
+        self._reply_address: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._consumers: dict[str, Consumer] = {}
+
+    @classmethod
+    def for_settings(cls, settings: ConnectionSettings) -> MemoryTransport:
+        """A transport on the named broker of ``settings.urls[0]`` (``memory://NAME``)."""
+        return cls(named_broker(broker_name(settings.urls[0])), settings)
+
+    @property
+    def broker(self) -> MemoryBroker:
+        return self._broker
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._loop is not None:
+            return
+        if self._closed:
+            raise ConnectionClosed("the connection is closed")
+        self._loop = asyncio.get_running_loop()
+        self._connection_id = self._broker._connect(self)
+        self.url = self._broker.url
+        self._ready.set()
+
+    async def close(self, timeout: float = 10.0) -> None:
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for consumer in list(self._consumers.values()):
+            await consumer.cancel(timeout=max(0.0, deadline - loop.time()))
+        self._closed = True
+        self._ready.set()
+        for task in list(self._tasks):
+            task.cancel()
+        self._broker._disconnect(self)
+
+    def _schedule(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` soon on this transport's loop (from any thread)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            loop.call_soon(fn)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(fn)
+
+    def _recover(self) -> None:
+        if not self._closed:
+            self._ready.clear()
+            self._spawn(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        """Like the real transport after a lost connection: declare the registry again,
+        restart the consumers, then tell the reconnect callbacks."""
+        self._connection_id = self._broker._connect(self)
+        for exchange in list(self._exchanges.values()):
+            self._quietly(self._broker.declare_exchange, exchange)
+        unavailable = {q.name for q in list(self._queues.values())
+                       if not self._quietly(self._broker.declare_queue, q, self)}
+        for binding in list(self._bindings):
+            if binding.queue not in unavailable:
+                self._quietly(self._broker.bind, binding, self)
+        if self._reply_callback is not None:
+            self._reply_address = self._broker.register_replies(self)
+        for consumer in list(self._consumers.values()):
+            if consumer.active:
+                try:
+                    await consumer._start(None)
+                except NotFound:
+                    self._spawn(self._restart_consumer(consumer, declare=True))
+        self.reconnections += 1
+        self._ready.set()
+        for callback in list(self._reconnect_callbacks):
+            try:
+                callback()
+            except Exception:
+                log.exception("reconnect callback failed")
+
+    @staticmethod
+    def _quietly(fn: Callable[..., Any], *args: Any) -> bool:
+        try:
+            fn(*args)
+        except ChannelError as exc:
+            log.warning("cannot restore %s after reconnecting: %s", args[0], exc)
+            return False
+        return True
+
+    async def _ready_or_raise(self) -> None:
+        if self._closed:
+            raise self._failure or ConnectionClosed("the connection is closed")
+        if self._loop is None:
+            raise ConnectionClosed("the connection is not open")
+        if not self._ready.is_set():
+            await self._wait_ready(None)
+
+    # -- declarations -------------------------------------------------------------------
+
+    async def declare_exchange(self, exchange: ExchangeSpec, *, timeout: float = 30.0) -> None:
+        await self._ready_or_raise()
+        if exchange.name == "":
+            return
+        self._broker.declare_exchange(exchange)
+        self._exchanges[exchange.name] = exchange
+        self._known_exchanges.add(exchange.name)
+
+    async def check_exchange(self, name: str, *, timeout: float = 30.0) -> None:
+        await self._ready_or_raise()
+        self._broker.check_exchange(name)
+
+    async def declare_queue(self, queue: QueueSpec, *, timeout: float = 30.0) -> tuple[int, int]:
+        await self._ready_or_raise()
+        state = self._broker.declare_queue(queue, self)
+        self._queues[queue.name] = queue
+        return state
+
+    async def queue_state(self, name: str, *, timeout: float = 30.0) -> tuple[int, int]:
+        await self._ready_or_raise()
+        return self._broker.queue_state(name, self)
+
+    async def delete_queue(self, name: str, *, timeout: float = 30.0) -> None:
+        await self._ready_or_raise()
+        self._queues.pop(name, None)
+        for binding in [b for b in self._bindings if b.queue == name]:
+            del self._bindings[binding]
+        self._broker.delete_queue(name, self)
+
+    async def delete_exchange(self, name: str, *, timeout: float = 30.0) -> None:
+        await self._ready_or_raise()
+        self._exchanges.pop(name, None)
+        self._known_exchanges.discard(name)
+        self._broker.delete_exchange(name)
+
+    async def purge_queue(self, name: str, *, timeout: float = 30.0) -> None:
+        await self._ready_or_raise()
+        self._broker.purge_queue(name, self)
+
+    async def bind(self, binding: Binding, *, timeout: float = 30.0) -> None:
+        await self._ready_or_raise()
+        self._broker.bind(binding, self)
+        self._bindings[binding] = None
+
+    async def unbind(self, binding: Binding, *, timeout: float = 30.0) -> None:
+        await self._ready_or_raise()
+        self._bindings.pop(binding, None)
+        self._broker.unbind(binding, self)
+
+    # -- publishing ---------------------------------------------------------------------
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Properties | None = None,
+        *,
+        mandatory: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        """Route the message at once; Unroutable, NotFound as the real broker would."""
+        await self._ready_or_raise()
+        props = properties if properties is not None else Properties()
+        if props.reply_to == DIRECT_REPLY_TO:
+            if self._reply_address is None:
+                raise PreconditionFailed(
+                    "PRECONDITION_FAILED - fast reply consumer does not exist", 406
+                )
+            props = replace(props, reply_to=self._reply_address)
+        self._broker.publish(self, exchange, routing_key, body, props, mandatory)
+        await asyncio.sleep(0)  # the confirm's round trip: let consumers run
+
+    async def publish_transient(
+        self, exchange: str, routing_key: str, body: bytes, properties: Properties | None = None,
+        *, timeout: float | None = None,
+    ) -> None:
+        """Like the real transport's (no confirm): routed at once, never mandatory."""
+        await self.publish(exchange, routing_key, body, properties, mandatory=False,
+                           timeout=timeout)
+
+    # -- consuming ----------------------------------------------------------------------
+
+    async def consume(
+        self,
+        queue: str,
+        callback: DeliveryCallback,
+        *,
+        prefetch_count: int = 0,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+        timeout: float = 30.0,
+    ) -> Consumer:
+        """Start consuming ``queue``; each message is handled in a task of its own."""
+        if prefetch_count < 0:
+            raise ConfigurationError("prefetch_count must be 0 (no limit) or more")
+        await self._ready_or_raise()
+        consumer = MemoryConsumer(
+            self, queue, callback, prefetch_count=prefetch_count, no_ack=no_ack,
+            exclusive=exclusive, arguments=arguments,
+        )
+        self._consumers[consumer.tag] = consumer
+        try:
+            await consumer._start(None)
+        except BaseException:
+            self._consumers.pop(consumer.tag, None)
+            raise
+        return consumer
+
+    async def _restart_consumer(self, consumer: Consumer, *, declare: bool) -> None:
+        if consumer._restarting:
+            return
+        consumer._restarting = True
+        delay = self.settings.reconnect_delay
+        try:
+            while consumer.active and not self._closed:
+                try:
+                    await self._wait_ready(None)
+                    if declare and consumer.queue in self._queues:
+                        self._broker.declare_queue(self._queues[consumer.queue], self)
+                        for binding in [b for b in self._bindings if b.queue == consumer.queue]:
+                            self._broker.bind(binding, self)
+                    await consumer._start(None)
+                    log.warning("consumer of queue %r restored", consumer.queue)
+                    return
+                except ChannelError as exc:
+                    log.warning("cannot restore the consumer of %r yet (%s)", consumer.queue, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.settings.reconnect_max_delay)
+        finally:
+            consumer._restarting = False
+
+    async def consume_replies(self, callback: DeliveryCallback) -> None:
+        """Receive direct reply-to replies (``reply_to = amq.rabbitmq.reply-to``)."""
+        await self._ready_or_raise()
+        self._reply_callback = callback
+        if self._reply_address is None:
+            self._reply_address = self._broker.register_replies(self)
+
+    def _deliver_reply(self, message: _Message) -> None:
+        callback = self._reply_callback
+        if callback is None:
+            return
+        delivery = MemoryDelivery(message, None, None, 0, "", True)
+
+        async def on_reply() -> None:
+            try:
+                await callback(delivery)
+            except Exception:
+                log.exception("reply callback failed")
+
+        self._schedule(lambda: self._spawn(on_reply()))

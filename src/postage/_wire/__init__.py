@@ -1,0 +1,1 @@
+"""_wire: see the layer map in the README."""

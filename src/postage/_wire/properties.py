@@ -1,0 +1,121 @@
+"""AMQP message properties and topology descriptions, as plain Postage values. No I/O."""
+
+from __future__ import annotations
+
+__all__ = ["Binding", "ExchangeSpec", "Properties", "QueueSpec"]
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .._exceptions import ConfigurationError
+
+PERSISTENT = 2
+TRANSIENT = 1
+
+
+@dataclass(slots=True)
+class Properties:
+    """The basic properties of an AMQP message (all optional)."""
+
+    content_type: str | None = None
+    content_encoding: str | None = None
+    headers: dict[str, Any] | None = None
+    delivery_mode: int | None = None
+    priority: int | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    expiration: str | None = None
+    message_id: str | None = None
+    timestamp: datetime | None = None
+    type: str | None = None
+    user_id: str | None = None
+    app_id: str | None = None
+
+    @classmethod
+    def coerce(cls, value: Properties | Mapping[str, Any] | None) -> Properties:
+        """Accept Properties, a mapping of property names, or None."""
+        if value is None:
+            return cls()
+        if isinstance(value, Properties):
+            return value
+        if isinstance(value, Mapping):
+            unknown = set(value) - set(cls.__dataclass_fields__)
+            if unknown:
+                names = ", ".join(sorted(unknown))
+                raise ConfigurationError(f"unknown message properties: {names}")
+            return cls(**value)
+        raise ConfigurationError(
+            f"properties must be Properties or a dict, not {type(value).__name__}"
+        )
+
+    @property
+    def persistent(self) -> bool:
+        return self.delivery_mode == PERSISTENT
+
+
+def _frozen_args(arguments: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((arguments or {}).items()))
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeSpec:
+    """An exchange to declare (and to declare again after a reconnection)."""
+
+    name: str
+    type: str = "direct"
+    durable: bool = False
+    auto_delete: bool = False
+    internal: bool = False
+    arguments: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def make(
+        cls,
+        name: str,
+        type: str = "direct",
+        *,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> ExchangeSpec:
+        if not isinstance(name, str):
+            raise ConfigurationError(f"exchange name must be a string, not {type!r}")
+        return cls(name, type, durable, auto_delete, internal, _frozen_args(arguments))
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """A queue to declare (and to declare again after a reconnection)."""
+
+    name: str
+    durable: bool = False
+    exclusive: bool = False
+    auto_delete: bool = False
+    arguments: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def make(
+        cls,
+        name: str,
+        *,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> QueueSpec:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError("a queue needs a non-empty name")
+        return cls(name, durable, exclusive, auto_delete, _frozen_args(arguments))
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A queue bound to an exchange with a routing key."""
+
+    queue: str
+    exchange: str
+    routing_key: str
+    arguments: tuple[tuple[str, Any], ...] = ()
