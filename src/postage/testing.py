@@ -27,14 +27,8 @@ __all__ = [
 import itertools
 import os
 
-from ._transport.memory import (
-    MemoryBroker,
-    MemoryDelivery,
-    MemoryTransport,
-    _named,
-    _named_lock,
-    named_broker,
-)
+from ._transport.memory import MemoryDelivery, MemoryTransport
+from ._transport.memory.broker import MemoryBroker, _named, _named_lock, named_broker
 
 _fresh = itertools.count(1)
 

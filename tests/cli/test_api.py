@@ -16,7 +16,7 @@ import pytest
 import postage
 from postage._api.presence import PresenceAnnouncer, PresenceWatcher
 from postage._core.core import Core, open_core
-from postage._transport.amqp.transport import Delivery
+from postage._transport import Delivery
 from postage.generic_application import GenericApplicationProducer
 
 from .conftest import Components, Names, run_cli, wait_until

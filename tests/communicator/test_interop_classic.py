@@ -17,7 +17,7 @@ import pytest
 
 import postage
 from postage._core.core import open_core
-from postage._transport.amqp.transport import Delivery
+from postage._transport import Delivery
 from postage._wire.envelope import build_envelope, result_content
 
 from .conftest import Comm, Names, open_comm

@@ -25,7 +25,7 @@ from postage import (
     Unroutable,
 )
 from postage._core.core import HEADER_ATTEMPTS, HEADER_ERROR, HEADER_REASON, Core, open_core
-from postage._transport.amqp.transport import Delivery
+from postage._transport import Delivery
 
 
 def unique(prefix: str) -> str:

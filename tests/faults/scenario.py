@@ -12,7 +12,7 @@ from typing import Any
 
 from postage import PostageError, Properties
 from postage._core.core import Core
-from postage._transport.amqp.transport import Delivery
+from postage._transport import Delivery
 
 
 @dataclass

@@ -12,7 +12,7 @@ import pytest
 
 from postage import ConnectionError, Properties
 from postage._core.core import open_core
-from postage._transport.amqp.transport import Delivery
+from postage._transport import Delivery
 from tests.conftest import Broker
 from tests.faults.proxy import TcpProxy
 from tests.faults.scenario import Figures, stream_through_faults

@@ -14,7 +14,7 @@ import pytest
 
 from postage import EncodingError, Properties
 from postage._core.core import HEADER_REASON, Core, open_core
-from postage._transport.amqp.transport import Delivery
+from postage._transport import Delivery
 from postage._wire.envelope import build_envelope
 from tests.names import Names, pika_cleanup
 from tests.pika_helpers import pika_read

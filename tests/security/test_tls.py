@@ -32,7 +32,7 @@ async def _round_trip(core: Core) -> None:
     await core.declare_queue(queue, auto_delete=True)
 
     async def echo(delivery: object) -> None:
-        from postage._transport.amqp.transport import Delivery
+        from postage._transport import Delivery
 
         assert isinstance(delivery, Delivery)
         await core.reply(delivery, delivery.body)

@@ -30,7 +30,7 @@ from postage._core.core import (
     Core,
     open_core,
 )
-from postage._transport.amqp.transport import Delivery
+from postage._transport import Delivery
 from postage._wire.properties import Binding
 
 from .conftest import Names

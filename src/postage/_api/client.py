@@ -33,7 +33,7 @@ from .._exceptions import (
     MessageTooLarge,
     Reject,
 )
-from .._transport.amqp.transport import Delivery
+from .._transport import Delivery
 from .._wire.properties import Properties
 
 log = logging.getLogger("postage.client")

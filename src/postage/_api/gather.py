@@ -19,7 +19,7 @@ from typing import Any
 
 from .._core.core import Core
 from .._exceptions import DecodingError, PostageError, RemoteError
-from .._transport.amqp.transport import Delivery
+from .._transport import Delivery
 from .._wire.envelope import build_envelope
 
 

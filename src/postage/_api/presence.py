@@ -43,7 +43,7 @@ from typing import Any
 
 from .._core.core import Core
 from .._exceptions import ConfigurationError, DecodingError, PostageError
-from .._transport.amqp.transport import Consumer, Delivery
+from .._transport import Consumer, Delivery
 from .._wire.envelope import build_envelope, result_content
 from .gather import gather_replies
 

@@ -39,8 +39,7 @@ from .._exceptions import (
     RpcTimeout,
 )
 from .._settings import ConnectionSettings
-from .._transport.amqp.transport import DIRECT_REPLY_TO, Consumer, Delivery, Transport
-from .._transport.memory import transport_for
+from .._transport import DIRECT_REPLY_TO, Consumer, Delivery, Transport, transport_for
 from .._wire.encoding import Encoder, check_encoder, default_encoder
 from .._wire.envelope import DEFAULT_MAX_SIZE, decode_envelope
 from .._wire.properties import PERSISTENT, Binding, ExchangeSpec, Properties, QueueSpec
@@ -595,7 +594,7 @@ class Core:
             return
         # A quorum queue's dead letters go to a quorum queue too, so that they survive
         # the loss of a node just as the messages did.
-        source = self.transport._queues.get(dlq.removesuffix(".dlq"))
+        source = self.transport.queue_spec(dlq.removesuffix(".dlq"))
         quorum = source is not None and ("x-queue-type", "quorum") in source.arguments
         arguments = {"x-queue-type": "quorum"} if quorum else None
         await self.transport.declare_queue(QueueSpec.make(dlq, durable=True, arguments=arguments))

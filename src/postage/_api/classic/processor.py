@@ -47,7 +47,7 @@ from typing import Any, ClassVar
 
 from ..._core.core import Core, RetryPolicy, Subscription
 from ..._exceptions import ConfigurationError
-from ..._transport.amqp.transport import Delivery
+from ..._transport import Delivery
 from ..._wire.encoding import Encoder, JsonEncoder, check_encoder
 from ..._wire.envelope import decode_envelope
 from ..._wire.properties import Properties, QueueSpec

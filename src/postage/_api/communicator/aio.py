@@ -44,7 +44,7 @@ from ..._exceptions import (
     Unroutable,
 )
 from ..._settings import ConnectionSettings
-from ..._transport.amqp.transport import Consumer, Delivery
+from ..._transport import Consumer, Delivery
 from ..._wire.fingerprint import Fingerprint
 from ..._wire.properties import PERSISTENT
 from ..gather import GatherReply, gather_replies

@@ -17,7 +17,7 @@ AMQP client errors are translated into Postage errors here and nowhere else.
 
 from __future__ import annotations
 
-__all__ = ["Consumer", "Delivery", "Transport"]
+__all__ = ["AmqpTransport"]
 
 import asyncio
 import contextlib
@@ -36,87 +36,27 @@ from aiormq import exceptions as amqp_errors
 from pamqp import commands as spec
 
 from ..._exceptions import (
-    AccessRefused,
     AuthenticationError,
-    ChannelError,
     ConfigurationError,
     ConnectionClosed,
     ConnectionError,
     DeliveryTimeout,
     EncodingError,
-    NotFound,
     PostageError,
-    PreconditionFailed,
     PublishNacked,
     Unroutable,
     VhostNotFound,
 )
 from ..._settings import ConnectionSettings, redact_url
 from ..._wire.properties import Binding, ExchangeSpec, Properties, QueueSpec
+from ..base import DIRECT_REPLY_TO, Consumer, DeliveryCallback, Transport
+from .consumer import AmqpConsumer, AmqpDelivery, to_amqp
+from .errors import is_link_failure, translate_error
 
 log = logging.getLogger("postage.transport")
 T = TypeVar("T")
 
-DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 _FATAL_CONNECT = (AuthenticationError, VhostNotFound, ConfigurationError)
-_tag_counter = itertools.count(1)
-
-
-# ---------------------------------------------------------------------------------------
-# error translation
-
-
-def translate_error(exc: BaseException) -> PostageError:
-    """A Postage error for an exception of the AMQP client or the network."""
-    if isinstance(exc, PostageError):
-        return exc
-    if isinstance(exc, amqp_errors.ChannelAccessRefused):
-        return AccessRefused(_reply_text(exc), 403)
-    if isinstance(exc, amqp_errors.ChannelNotFoundEntity):
-        return NotFound(_reply_text(exc), 404)
-    if isinstance(exc, amqp_errors.ChannelPreconditionFailed):
-        return PreconditionFailed(_reply_text(exc), 406)
-    if isinstance(exc, amqp_errors.ChannelLockedResource):
-        return ChannelError(_reply_text(exc), 405)
-    if isinstance(exc, amqp_errors.ChannelClosed):
-        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
-        return ChannelError(_reply_text(exc), code)
-    if isinstance(exc, amqp_errors.AuthenticationError | amqp_errors.ProbableAuthenticationError):
-        return AuthenticationError(
-            "the broker refused the user name or password (ACCESS_REFUSED)"
-        )
-    if isinstance(exc, amqp_errors.ConnectionNotAllowed):
-        return VhostNotFound(f"the broker does not allow this virtual host: {_reply_text(exc)}")
-    tls_error = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
-    if isinstance(tls_error, ssl.SSLCertVerificationError):  # aiormq wraps OSErrors
-        return ConnectionError(
-            f"TLS certificate verification failed: {tls_error.verify_message or tls_error}"
-        )
-    if isinstance(tls_error, ssl.SSLError):
-        return ConnectionError(f"TLS handshake failed: {tls_error.reason or tls_error}")
-    if isinstance(exc, amqp_errors.InvalidFrameError) and "Connection.Close" in str(exc):
-        # aiormq reports a refused Connection.Open as an unexpected frame
-        return VhostNotFound("the broker refused to open the virtual host")
-    if isinstance(exc, asyncio.TimeoutError):
-        return DeliveryTimeout("the broker did not answer in time")
-    return ConnectionError(f"connection to the broker failed: {_reply_text(exc)}")
-
-
-def _reply_text(exc: BaseException) -> str:
-    parts = [str(a) for a in exc.args if not isinstance(a, int)]
-    return " ".join(parts) or type(exc).__name__
-
-
-def _is_link_failure(exc: BaseException) -> bool:
-    """True when ``exc`` means the connection (not one operation) failed."""
-    return isinstance(
-        exc,
-        amqp_errors.AMQPConnectionError
-        | amqp_errors.ChannelInvalidStateError
-        | OSError
-        | RuntimeError
-        | asyncio.IncompleteReadError,
-    ) and not isinstance(exc, amqp_errors.AuthenticationError)
 
 
 async def _bind_on(channel: Any, binding: Binding) -> Any:
@@ -143,30 +83,6 @@ async def _close_quietly(channel: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# properties
-
-
-def _to_amqp(props: Properties | None, message_id: str | None = None) -> spec.Basic.Properties:
-    """AMQP properties for ``props``; ``message_id`` fills a missing message id (aiormq
-    would otherwise draw a UUID4 per message: it matches returns to publishes by it)."""
-    if props is None:
-        return spec.Basic.Properties(message_id=message_id)
-    return spec.Basic.Properties(
-        content_type=props.content_type,
-        content_encoding=props.content_encoding,
-        headers=props.headers,
-        delivery_mode=props.delivery_mode,
-        priority=props.priority,
-        correlation_id=props.correlation_id,
-        reply_to=props.reply_to,
-        expiration=props.expiration,
-        message_id=props.message_id or message_id,
-        timestamp=props.timestamp,
-        message_type=props.type,
-        user_id=props.user_id,
-        app_id=props.app_id,
-    )
-
 
 class _DeadlineGuard:
     """Deadlines for many concurrent publishes with one timer per time slot.
@@ -218,267 +134,22 @@ class _DeadlineGuard:
         return task.uncancel() == 0
 
 
-def _from_amqp(p: spec.Basic.Properties) -> Properties:
-    return Properties(
-        content_type=p.content_type,
-        content_encoding=p.content_encoding,
-        headers=p.headers,
-        delivery_mode=p.delivery_mode,
-        priority=p.priority,
-        correlation_id=p.correlation_id,
-        reply_to=p.reply_to,
-        expiration=p.expiration,
-        message_id=p.message_id,
-        timestamp=p.timestamp,
-        type=p.message_type,
-        user_id=p.user_id,
-        app_id=p.app_id,
-    )
-
-
-# ---------------------------------------------------------------------------------------
-# deliveries and consumers
-
-
-class Delivery:
-    """A message received from a queue. Settle it once with ack(), nack() or reject()."""
-
-    __slots__ = (
-        "_channel",
-        "_properties",
-        "_raw_properties",
-        "_settled",
-        "body",
-        "consumer_tag",
-        "delivery_tag",
-        "exchange",
-        "redelivered",
-        "routing_key",
-    )
-
-    def __init__(self, message: aiormq.abc.DeliveredMessage, channel: Any, no_ack: bool) -> None:
-        frame = message.delivery
-        self.body: bytes = message.body
-        self._raw_properties: spec.Basic.Properties = message.header.properties
-        self._properties: Properties | None = None
-        self.exchange: str = getattr(frame, "exchange", "") or ""
-        self.routing_key: str = getattr(frame, "routing_key", "") or ""
-        self.redelivered: bool = bool(getattr(frame, "redelivered", False))
-        self.delivery_tag: int = getattr(frame, "delivery_tag", 0) or 0
-        self.consumer_tag: str = getattr(frame, "consumer_tag", "") or ""
-        self._channel = channel
-        self._settled = no_ack
-
-    @property
-    def properties(self) -> Properties:
-        if self._properties is None:
-            self._properties = _from_amqp(self._raw_properties)
-        return self._properties
-
-    @property
-    def content_type(self) -> str | None:
-        return self._raw_properties.content_type
-
-    @property
-    def correlation_id(self) -> str | None:
-        return self._raw_properties.correlation_id
-
-    @property
-    def reply_to(self) -> str | None:
-        return self._raw_properties.reply_to
-
-    @property
-    def headers(self) -> dict[str, Any]:
-        return self._raw_properties.headers or {}
-
-    @property
-    def settled(self) -> bool:
-        return self._settled
-
-    async def ack(self) -> bool:
-        """Acknowledge; False if the channel died meanwhile (the broker redelivers)."""
-        return await self._settle(spec.Basic.Ack, "ack")
-
-    async def nack(self, requeue: bool = True) -> bool:
-        """Negatively acknowledge, requeueing by default."""
-        return await self._settle(spec.Basic.Nack, "nack", requeue=requeue)
-
-    async def reject(self, requeue: bool = False) -> bool:
-        """Reject without requeueing by default."""
-        return await self._settle(spec.Basic.Reject, "reject", requeue=requeue)
-
-    async def _settle(self, _kind: Any, what: str, **kwargs: Any) -> bool:
-        if self._settled:
-            return True
-        self._settled = True
-        channel = self._channel
-        if channel.is_closed:
-            log.warning(
-                "cannot %s delivery %s: its channel closed meanwhile; the broker will "
-                "deliver it again (a duplicate)", what, self.delivery_tag,
-            )
-            return False
-        try:
-            # wait=False: the frame joins the connection's (bounded) write queue, behind
-            # anything sent before it (a reply, say); no ping-pong with the writer per
-            # message. A link that drops before it is written loses it and the broker
-            # delivers the message again, as when the ack itself is lost on the wire.
-            if what == "ack":
-                await channel.basic_ack(self.delivery_tag, wait=False)
-            elif what == "nack":
-                await channel.basic_nack(self.delivery_tag, requeue=kwargs["requeue"],
-                                         wait=False)
-            else:
-                await channel.basic_reject(self.delivery_tag, requeue=kwargs["requeue"],
-                                           wait=False)
-        except Exception as exc:
-            log.warning(
-                "cannot %s delivery %s (%s); the broker will deliver it again",
-                what, self.delivery_tag, exc,
-            )
-            return False
-        return True
-
-
-DeliveryCallback = Callable[[Delivery], Awaitable[None]]
-
-
-class Consumer:
-    """A subscription to a queue, restored after reconnections until cancelled."""
-
-    def __init__(
-        self,
-        transport: Transport,
-        queue: str,
-        callback: DeliveryCallback,
-        *,
-        prefetch_count: int,
-        no_ack: bool,
-        exclusive: bool,
-        arguments: Mapping[str, Any] | None,
-    ) -> None:
-        self._transport = transport
-        self.queue = queue
-        self.callback = callback
-        self.prefetch_count = prefetch_count
-        self.no_ack = no_ack
-        self.exclusive = exclusive
-        self.arguments = dict(arguments or {})
-        self.tag = f"postage.{next(_tag_counter)}.{queue}"[:255]
-        self.channel: Any = None
-        self.active = True
-        self._in_flight: set[asyncio.Task[None]] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._restarting = False
-        self.on_cancel_by_broker: Callable[[Consumer], None] | None = None
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._in_flight)
-
-    async def _start(self, connection: Any) -> None:
-        channel = await connection.channel(publisher_confirms=False)
-        if self.prefetch_count:
-            await channel.basic_qos(prefetch_count=self.prefetch_count)
-        channel.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
-        self.channel = channel
-        await channel.basic_consume(
-            self.queue,
-            self._on_message,
-            no_ack=self.no_ack,
-            exclusive=self.exclusive,
-            arguments=self.arguments or None,
-            consumer_tag=self.tag,
-        )
-        channel.closing.add_done_callback(
-            lambda future: self._on_channel_closed(channel, future)
-        )
-
-    async def _on_message(self, message: aiormq.abc.DeliveredMessage) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._in_flight.add(task)
-        self._idle.clear()
-        try:
-            await self.callback(Delivery(message, message.channel, self.no_ack))
-        except Exception:
-            log.exception("consumer callback for queue %r failed", self.queue)
-        finally:
-            self._in_flight.discard(task)
-            if not self._in_flight:
-                self._idle.set()
-
-    def _on_broker_cancel(self, _frame: Any) -> None:
-        if self.active and not self._transport.closed:
-            log.warning("the broker cancelled the consumer of queue %r; restoring it", self.queue)
-            self._transport._spawn(self._transport._restart_consumer(self, declare=True))
-
-    def _on_channel_closed(self, channel: Any, future: asyncio.Future[Any]) -> None:
-        transport = self._transport
-        if not self.active or transport.closed or future.cancelled():
-            return
-        if channel is not self.channel:
-            return  # an old channel of a previous connection: already replaced
-        if transport._connection is None or transport._connection.is_closed:
-            return  # the supervisor restores everything after a reconnection
-        exc = future.exception()
-        log.warning("the channel of the consumer of %r closed (%s); reopening", self.queue, exc)
-        transport._spawn(transport._restart_consumer(self, declare=False))
-
-    async def cancel(self, timeout: float | None = 10.0) -> None:
-        """Stop receiving; wait (up to ``timeout``) for deliveries being handled."""
-        if not self.active:
-            return
-        self.active = False
-        transport = self._transport
-        transport._consumers.pop(self.tag, None)
-        spec = transport._queues.get(self.queue)
-        if spec is not None and spec.auto_delete and not any(
-            c.queue == self.queue for c in transport._consumers.values()
-        ):
-            # The broker deletes an auto-delete queue with its last consumer: do not
-            # declare it again after a reconnection.
-            transport._forget_queue(self.queue)
-        channel = self.channel
-        if channel is not None and not channel.is_closed:
-            with contextlib.suppress(Exception):
-                await channel.basic_cancel(self.tag, timeout=5)
-        if self._in_flight:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), timeout)
-        if channel is not None and not channel.is_closed:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(channel.close(), 5)
-
-
 # ---------------------------------------------------------------------------------------
 # the transport
 
 
-class Transport:
+class AmqpTransport(Transport):
     """A recovering AMQP connection with reused channels and a topology registry."""
 
     DRAIN_EVERY = 64  # publishes between two that wait for the socket buffer to drain
 
     def __init__(self, settings: ConnectionSettings) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self._connection: Any = None
         self._control: Any = None
         self._publisher: Any = None
         self._replier: Any = None  # no confirms: replies (see publish_transient)
-        self._ready = asyncio.Event()
-        self._closed = False
-        self._failure: PostageError | None = None
         self._supervisor: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._exchanges: dict[str, ExchangeSpec] = {}
-        self._known_exchanges: set[str] = {""}
-        self._queues: dict[str, QueueSpec] = {}
-        self._bindings: dict[Binding, None] = {}
-        self._consumers: dict[str, Consumer] = {}
-        self._reply_callback: DeliveryCallback | None = None
-        self._reconnect_callbacks: list[Callable[[], None]] = []
         self._publishing: dict[asyncio.Task[Any], Any] = {}  # publishes inside aiormq
         self._interrupted: set[asyncio.Task[Any]] = set()
         self._control_lock = asyncio.Lock()
@@ -487,18 +158,8 @@ class Transport:
         self._message_id_prefix = f"{os.urandom(8).hex()}."
         self._message_ids = itertools.count(1)
         self._publish_count = 0
-        self.url: str | None = None
-        self.reconnections = 0
 
     # -- life cycle -------------------------------------------------------------------
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def is_ready(self) -> bool:
-        return self._ready.is_set() and not self._closed
 
     async def open(self) -> None:
         """Connect to the first broker that answers; raise a Postage error if none does."""
@@ -516,10 +177,6 @@ class Transport:
             raise
         self._ready.set()
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
-
-    def add_reconnect_callback(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (on the loop) each time the topology has been restored."""
-        self._reconnect_callbacks.append(callback)
 
     async def close(self, timeout: float = 10.0) -> None:
         """Cancel consumers (letting their handlers finish), wait for confirms, disconnect."""
@@ -544,11 +201,6 @@ class Transport:
         if connection is not None and not connection.is_closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.close(), max(0.5, deadline - loop.time()))
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _connect_any(self) -> None:
         errors: list[str] = []
@@ -696,19 +348,13 @@ class Transport:
                     delay = min(delay * 2, self.settings.reconnect_max_delay)
                     continue
                 break
-            self.reconnections += 1
             # A publish that raced the loss may have registered its confirm on the dead
             # channel after the client library failed the others: fail it too, it is sent again.
             _fail_unconfirmed(lost_publisher)
             self._interrupt_publishes(lost_publisher)
             log.warning("reconnected to %s; topology and consumers restored",
                         redact_url(self.url or ""))
-            self._ready.set()
-            for callback in list(self._reconnect_callbacks):
-                try:
-                    callback()
-                except Exception:
-                    log.exception("reconnect callback failed")
+            self._reconnected()
 
     def _interrupt_publishes(self, lost: Any) -> None:
         """Cancel publishes still inside the client library on a lost channel (they may
@@ -719,23 +365,6 @@ class Transport:
             if stuck and not task.done() and task not in self._interrupted:
                 self._interrupted.add(task)
                 task.cancel()
-
-    async def _wait_ready(self, deadline: float | None) -> None:
-        if self._ready.is_set():
-            if self._closed:
-                raise self._failure or ConnectionClosed("the connection is closed")
-            return
-        loop = asyncio.get_running_loop()
-        limit = self.settings.recovery_timeout
-        timeout = limit if deadline is None else min(limit, deadline - loop.time())
-        try:
-            await asyncio.wait_for(self._ready.wait(), max(0.0, timeout))
-        except TimeoutError:
-            raise ConnectionError(
-                f"the broker connection was not restored within {timeout:.1f} s"
-            ) from None
-        if self._closed:
-            raise self._failure or ConnectionClosed("the connection is closed")
 
     # -- declarations -----------------------------------------------------------------
 
@@ -762,7 +391,7 @@ class Transport:
                         self._control = None
                         raise translate_error(exc) from None
                 except Exception as exc:
-                    if not _is_link_failure(exc):
+                    if not is_link_failure(exc):
                         raise translate_error(exc) from None
             if self._closed:
                 raise self._failure or ConnectionClosed("the connection is closed")
@@ -819,12 +448,6 @@ class Transport:
             lambda ch: self._declare_queue_on(ch, QueueSpec(name), True), timeout
         )
         return ok.message_count, ok.consumer_count
-
-    def _forget_queue(self, name: str) -> None:
-        """Drop a queue and its bindings from the registry (not from the broker)."""
-        self._queues.pop(name, None)
-        for binding in [b for b in self._bindings if b.queue == name]:
-            del self._bindings[binding]
 
     async def delete_queue(self, name: str, *, timeout: float = 30.0) -> None:
         self._forget_queue(name)
@@ -889,7 +512,7 @@ class Transport:
         try:
             return await self._publish(
                 loop, task, deadline, exchange, routing_key, body,
-                _to_amqp(properties, f"{self._message_id_prefix}{next(self._message_ids)}"),
+                to_amqp(properties, f"{self._message_id_prefix}{next(self._message_ids)}"),
                 mandatory,
             )
         except asyncio.CancelledError:
@@ -984,7 +607,7 @@ class Transport:
             except Exception as exc:
                 if self._closed:
                     raise self._failure or ConnectionClosed("the connection is closed") from None
-                if not _is_link_failure(exc):
+                if not is_link_failure(exc):
                     raise translate_error(exc) from None
                 if loop.time() >= deadline:
                     raise ConnectionError(f"publish failed: {exc}") from None
@@ -1012,7 +635,7 @@ class Transport:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout if timeout is not None else self.settings.publish_timeout)
         message_id = f"{self._message_id_prefix}{next(self._message_ids)}"
-        amqp_properties = _to_amqp(properties, message_id)
+        amqp_properties = to_amqp(properties, message_id)
         while True:
             if not self._ready.is_set() or self._closed:
                 await self._wait_ready(deadline)
@@ -1031,7 +654,7 @@ class Transport:
                 if self._closed:
                     raise self._failure or ConnectionClosed("the connection is closed") from None
                 if loop.time() >= deadline or not (
-                    _is_link_failure(exc) or isinstance(exc, amqp_errors.ChannelClosed)
+                    is_link_failure(exc) or isinstance(exc, amqp_errors.ChannelClosed)
                 ):
                     raise ConnectionError(f"cannot send to {routing_key!r}: {exc}") from None
                 await asyncio.sleep(0.01)
@@ -1080,7 +703,7 @@ class Transport:
         """
         if prefetch_count < 0:
             raise ConfigurationError("prefetch_count must be 0 (no limit) or more")
-        consumer = Consumer(
+        consumer = AmqpConsumer(
             self, queue, callback, prefetch_count=prefetch_count, no_ack=no_ack,
             exclusive=exclusive, arguments=arguments,
         )
@@ -1098,6 +721,7 @@ class Transport:
         return consumer
 
     async def _restart_consumer(self, consumer: Consumer, *, declare: bool) -> None:
+        assert isinstance(consumer, AmqpConsumer)
         if consumer._restarting:
             return
         consumer._restarting = True
@@ -1154,7 +778,7 @@ class Transport:
 
         async def on_reply(message: aiormq.abc.DeliveredMessage) -> None:
             try:
-                await callback(Delivery(message, channel, True))
+                await callback(AmqpDelivery(message, channel, True))
             except Exception:
                 log.exception("reply callback failed")
 

@@ -8,9 +8,8 @@ direct reply-to with an address per connection, mandatory publishes that reach n
 (Unroutable), missing exchanges and queues (NotFound), redeclaration with other flags
 (PreconditionFailed), queues deleted under their consumers.
 
-:class:`MemoryTransport` has the methods and the behaviour of the real
-:class:`~postage._transport.amqp.transport.Transport` (it is a subclass so that the core and the APIs take
-it unchanged, and overrides every public method). Deliveries run as tasks on the event
+:class:`~postage._transport.memory.transport.MemoryTransport` implements the transport
+interface on it, a sibling of the AMQP transport. Deliveries run as tasks on the event
 loop of the consuming transport, one task per message, in order; nothing waits on a timer,
 so tests are deterministic and fast.
 
@@ -23,45 +22,40 @@ from __future__ import annotations
 
 __all__ = [
     "MemoryBroker",
-    "MemoryConsumer",
-    "MemoryDelivery",
-    "MemoryTransport",
     "broker_name",
     "is_memory_url",
     "named_broker",
     "reset_named_brokers",
-    "transport_for",
 ]
 
-import asyncio
 import bisect
-import contextlib
 import functools
 import itertools
 import logging
 import struct
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from .._exceptions import (
+from ..._exceptions import (
     AccessRefused,
     ChannelError,
     ConfigurationError,
-    ConnectionClosed,
     EncodingError,
     NotFound,
     PreconditionFailed,
     Unroutable,
 )
-from .._settings import ConnectionSettings
-from .._wire.properties import Binding, ExchangeSpec, Properties, QueueSpec
-from .amqp.transport import DIRECT_REPLY_TO, Consumer, Delivery, DeliveryCallback, Transport
+from ..._wire.properties import Binding, ExchangeSpec, Properties, QueueSpec
+from ..base import DIRECT_REPLY_TO
+
+if TYPE_CHECKING:
+    from .transport import MemoryConsumer, MemoryDelivery, MemoryTransport
 
 log = logging.getLogger("postage.memory")
 
@@ -301,6 +295,8 @@ class MemoryBroker:
             return cid
 
     def _disconnect(self, transport: MemoryTransport) -> None:
+        from .transport import MemoryConsumer  # the transport module imports this one
+
         with self._lock:
             self._connections.pop(transport._connection_id, None)
             for consumer in list(transport._consumers.values()):
@@ -687,433 +683,7 @@ def named_broker(name: str = "") -> MemoryBroker:
         return broker
 
 
-def transport_for(settings: ConnectionSettings) -> Transport:
-    """The transport for ``settings``: a MemoryTransport on a named broker for
-    ``memory://NAME``, else the real AMQP one. The one place the scheme is looked at."""
-    if is_memory_url(settings.urls[0]):
-        return MemoryTransport.for_settings(settings)
-    return Transport(settings)
-
-
 def reset_named_brokers() -> None:
     """Forget every named broker (their connections keep the old ones until closed)."""
     with _named_lock:
         _named.clear()
-
-
-# ---------------------------------------------------------------------------------------
-# deliveries and consumers
-
-
-class _Channel:
-    """A consumer's channel: closing it returns its unsettled messages to their queues."""
-
-    __slots__ = ("closed",)
-
-    def __init__(self) -> None:
-        self.closed = False
-
-
-class MemoryDelivery(Delivery):
-    """A message received from the memory broker; the attributes of a real Delivery."""
-
-    __slots__ = ("_consumer", "_message", "_queue")
-
-    def __init__(self, message: _Message, queue: _Queue | None,
-                 consumer: MemoryConsumer | None, delivery_tag: int, consumer_tag: str,
-                 no_ack: bool) -> None:
-        self.body = message.body
-        self._properties = _copy_properties(message.properties)
-        self._raw_properties = None  # type: ignore[assignment]  # only the real one has it
-        self.exchange = message.exchange
-        self.routing_key = message.routing_key
-        self.redelivered = message.redelivered
-        self.delivery_tag = delivery_tag
-        self.consumer_tag = consumer_tag
-        self._channel = consumer.channel if consumer is not None else None
-        self._settled = no_ack
-        self._message = message
-        self._queue = queue
-        self._consumer = consumer
-
-    @property
-    def properties(self) -> Properties:
-        assert self._properties is not None
-        return self._properties
-
-    @property
-    def content_type(self) -> str | None:
-        return self.properties.content_type
-
-    @property
-    def correlation_id(self) -> str | None:
-        return self.properties.correlation_id
-
-    @property
-    def reply_to(self) -> str | None:
-        return self.properties.reply_to
-
-    @property
-    def headers(self) -> dict[str, Any]:
-        return self.properties.headers or {}
-
-    async def _settle(self, _kind: Any, what: str, **kwargs: Any) -> bool:
-        if self._settled:
-            return True
-        self._settled = True
-        consumer, channel = self._consumer, self._channel
-        if consumer is None or channel is None or channel.closed:
-            log.warning(
-                "cannot %s delivery %s: its channel closed meanwhile; the broker will "
-                "deliver it again (a duplicate)", what, self.delivery_tag,
-            )
-            return False
-        consumer._transport._broker.settle(self, what, bool(kwargs.get("requeue", False)))
-        return True
-
-
-class MemoryConsumer(Consumer):
-    """A consumer of a memory queue (the interface of the real Consumer)."""
-
-    def __init__(self, transport: MemoryTransport, queue: str, callback: DeliveryCallback,
-                 *, prefetch_count: int, no_ack: bool, exclusive: bool,
-                 arguments: Mapping[str, Any] | None) -> None:
-        super().__init__(transport, queue, callback, prefetch_count=prefetch_count,
-                         no_ack=no_ack, exclusive=exclusive, arguments=arguments)
-        self._transport: MemoryTransport = transport
-        self._queue_obj: _Queue | None = None
-        self._unacked: dict[int, MemoryDelivery] = {}
-        self._tags = itertools.count(1)
-        self.channel: _Channel | None = None
-
-    def _has_room(self) -> bool:
-        return self.active and (not self.prefetch_count
-                                or len(self._unacked) < self.prefetch_count)
-
-    def _deliver(self, q: _Queue, message: _Message) -> None:
-        """Called by the broker (under its lock): schedule the callback for ``message``."""
-        delivery = MemoryDelivery(message, q, self, next(self._tags), self.tag, self.no_ack)
-        if not self.no_ack:
-            self._unacked[delivery.delivery_tag] = delivery
-        self._transport._schedule(functools.partial(self._run, delivery))
-
-    def _run(self, delivery: MemoryDelivery) -> None:
-        if delivery._channel is None or delivery._channel.closed:
-            return  # requeued when the channel closed
-        task = asyncio.get_running_loop().create_task(self._on_message(delivery))
-        self._in_flight.add(task)
-        self._idle.clear()
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        if not self._in_flight:
-            self._idle.set()
-
-    async def _on_message(self, message: Any) -> None:
-        try:
-            await self.callback(message)
-        except Exception:
-            log.exception("consumer callback for queue %r failed", self.queue)
-
-    def _close_channel(self) -> None:
-        channel = self.channel
-        if channel is not None and not channel.closed:
-            channel.closed = True
-            self._transport._broker.release(self)
-
-    def _cancelled_by_broker(self) -> None:
-        transport = self._transport
-        if self.active and not transport.closed:
-            log.warning("the broker cancelled the consumer of queue %r; restoring it", self.queue)
-            transport._spawn(transport._restart_consumer(self, declare=True))
-
-    async def _start(self, connection: Any) -> None:
-        self._close_channel()
-        self.channel = _Channel()
-        self._transport._broker.add_consumer(self)
-
-    async def cancel(self, timeout: float | None = 10.0) -> None:
-        """Stop receiving; wait (up to ``timeout``) for deliveries being handled."""
-        if not self.active:
-            return
-        self.active = False
-        transport = self._transport
-        transport._consumers.pop(self.tag, None)
-        transport._broker.remove_consumer(self)
-        if self._in_flight:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), timeout)
-        self._close_channel()
-
-
-# ---------------------------------------------------------------------------------------
-# the transport
-
-
-class MemoryTransport(Transport):
-    """A connection to a :class:`MemoryBroker` with the interface of the real Transport."""
-
-    def __init__(self, broker: MemoryBroker | None = None,
-                 settings: ConnectionSettings | None = None) -> None:
-        broker = broker if broker is not None else named_broker("")
-        super().__init__(settings or ConnectionSettings(urls=(broker.url,)))
-        self._broker = broker
-        self._connection_id = 0
-        self._reply_address: str | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._consumers: dict[str, Consumer] = {}
-
-    @classmethod
-    def for_settings(cls, settings: ConnectionSettings) -> MemoryTransport:
-        """A transport on the named broker of ``settings.urls[0]`` (``memory://NAME``)."""
-        return cls(named_broker(broker_name(settings.urls[0])), settings)
-
-    @property
-    def broker(self) -> MemoryBroker:
-        return self._broker
-
-    # -- life cycle -------------------------------------------------------------------
-
-    async def open(self) -> None:
-        if self._loop is not None:
-            return
-        if self._closed:
-            raise ConnectionClosed("the connection is closed")
-        self._loop = asyncio.get_running_loop()
-        self._connection_id = self._broker._connect(self)
-        self.url = self._broker.url
-        self._ready.set()
-
-    async def close(self, timeout: float = 10.0) -> None:
-        if self._closed:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        for consumer in list(self._consumers.values()):
-            await consumer.cancel(timeout=max(0.0, deadline - loop.time()))
-        self._closed = True
-        self._ready.set()
-        for task in list(self._tasks):
-            task.cancel()
-        self._broker._disconnect(self)
-
-    def _schedule(self, fn: Callable[[], Any]) -> None:
-        """Run ``fn`` soon on this transport's loop (from any thread)."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            loop.call_soon(fn)
-        else:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(fn)
-
-    def _recover(self) -> None:
-        if not self._closed:
-            self._ready.clear()
-            self._spawn(self._reconnect())
-
-    async def _reconnect(self) -> None:
-        """Like the real transport after a lost connection: declare the registry again,
-        restart the consumers, then tell the reconnect callbacks."""
-        self._connection_id = self._broker._connect(self)
-        for exchange in list(self._exchanges.values()):
-            self._quietly(self._broker.declare_exchange, exchange)
-        unavailable = {q.name for q in list(self._queues.values())
-                       if not self._quietly(self._broker.declare_queue, q, self)}
-        for binding in list(self._bindings):
-            if binding.queue not in unavailable:
-                self._quietly(self._broker.bind, binding, self)
-        if self._reply_callback is not None:
-            self._reply_address = self._broker.register_replies(self)
-        for consumer in list(self._consumers.values()):
-            if consumer.active:
-                try:
-                    await consumer._start(None)
-                except NotFound:
-                    self._spawn(self._restart_consumer(consumer, declare=True))
-        self.reconnections += 1
-        self._ready.set()
-        for callback in list(self._reconnect_callbacks):
-            try:
-                callback()
-            except Exception:
-                log.exception("reconnect callback failed")
-
-    @staticmethod
-    def _quietly(fn: Callable[..., Any], *args: Any) -> bool:
-        try:
-            fn(*args)
-        except ChannelError as exc:
-            log.warning("cannot restore %s after reconnecting: %s", args[0], exc)
-            return False
-        return True
-
-    async def _ready_or_raise(self) -> None:
-        if self._closed:
-            raise self._failure or ConnectionClosed("the connection is closed")
-        if self._loop is None:
-            raise ConnectionClosed("the connection is not open")
-        if not self._ready.is_set():
-            await self._wait_ready(None)
-
-    # -- declarations -------------------------------------------------------------------
-
-    async def declare_exchange(self, exchange: ExchangeSpec, *, timeout: float = 30.0) -> None:
-        await self._ready_or_raise()
-        if exchange.name == "":
-            return
-        self._broker.declare_exchange(exchange)
-        self._exchanges[exchange.name] = exchange
-        self._known_exchanges.add(exchange.name)
-
-    async def check_exchange(self, name: str, *, timeout: float = 30.0) -> None:
-        await self._ready_or_raise()
-        self._broker.check_exchange(name)
-
-    async def declare_queue(self, queue: QueueSpec, *, timeout: float = 30.0) -> tuple[int, int]:
-        await self._ready_or_raise()
-        state = self._broker.declare_queue(queue, self)
-        self._queues[queue.name] = queue
-        return state
-
-    async def queue_state(self, name: str, *, timeout: float = 30.0) -> tuple[int, int]:
-        await self._ready_or_raise()
-        return self._broker.queue_state(name, self)
-
-    async def delete_queue(self, name: str, *, timeout: float = 30.0) -> None:
-        await self._ready_or_raise()
-        self._queues.pop(name, None)
-        for binding in [b for b in self._bindings if b.queue == name]:
-            del self._bindings[binding]
-        self._broker.delete_queue(name, self)
-
-    async def delete_exchange(self, name: str, *, timeout: float = 30.0) -> None:
-        await self._ready_or_raise()
-        self._exchanges.pop(name, None)
-        self._known_exchanges.discard(name)
-        self._broker.delete_exchange(name)
-
-    async def purge_queue(self, name: str, *, timeout: float = 30.0) -> None:
-        await self._ready_or_raise()
-        self._broker.purge_queue(name, self)
-
-    async def bind(self, binding: Binding, *, timeout: float = 30.0) -> None:
-        await self._ready_or_raise()
-        self._broker.bind(binding, self)
-        self._bindings[binding] = None
-
-    async def unbind(self, binding: Binding, *, timeout: float = 30.0) -> None:
-        await self._ready_or_raise()
-        self._bindings.pop(binding, None)
-        self._broker.unbind(binding, self)
-
-    # -- publishing ---------------------------------------------------------------------
-
-    async def publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: Properties | None = None,
-        *,
-        mandatory: bool = True,
-        timeout: float | None = None,
-    ) -> None:
-        """Route the message at once; Unroutable, NotFound as the real broker would."""
-        await self._ready_or_raise()
-        props = properties if properties is not None else Properties()
-        if props.reply_to == DIRECT_REPLY_TO:
-            if self._reply_address is None:
-                raise PreconditionFailed(
-                    "PRECONDITION_FAILED - fast reply consumer does not exist", 406
-                )
-            props = replace(props, reply_to=self._reply_address)
-        self._broker.publish(self, exchange, routing_key, body, props, mandatory)
-        await asyncio.sleep(0)  # the confirm's round trip: let consumers run
-
-    async def publish_transient(
-        self, exchange: str, routing_key: str, body: bytes, properties: Properties | None = None,
-        *, timeout: float | None = None,
-    ) -> None:
-        """Like the real transport's (no confirm): routed at once, never mandatory."""
-        await self.publish(exchange, routing_key, body, properties, mandatory=False,
-                           timeout=timeout)
-
-    # -- consuming ----------------------------------------------------------------------
-
-    async def consume(
-        self,
-        queue: str,
-        callback: DeliveryCallback,
-        *,
-        prefetch_count: int = 0,
-        no_ack: bool = False,
-        exclusive: bool = False,
-        arguments: Mapping[str, Any] | None = None,
-        timeout: float = 30.0,
-    ) -> Consumer:
-        """Start consuming ``queue``; each message is handled in a task of its own."""
-        if prefetch_count < 0:
-            raise ConfigurationError("prefetch_count must be 0 (no limit) or more")
-        await self._ready_or_raise()
-        consumer = MemoryConsumer(
-            self, queue, callback, prefetch_count=prefetch_count, no_ack=no_ack,
-            exclusive=exclusive, arguments=arguments,
-        )
-        self._consumers[consumer.tag] = consumer
-        try:
-            await consumer._start(None)
-        except BaseException:
-            self._consumers.pop(consumer.tag, None)
-            raise
-        return consumer
-
-    async def _restart_consumer(self, consumer: Consumer, *, declare: bool) -> None:
-        if consumer._restarting:
-            return
-        consumer._restarting = True
-        delay = self.settings.reconnect_delay
-        try:
-            while consumer.active and not self._closed:
-                try:
-                    await self._wait_ready(None)
-                    if declare and consumer.queue in self._queues:
-                        self._broker.declare_queue(self._queues[consumer.queue], self)
-                        for binding in [b for b in self._bindings if b.queue == consumer.queue]:
-                            self._broker.bind(binding, self)
-                    await consumer._start(None)
-                    log.warning("consumer of queue %r restored", consumer.queue)
-                    return
-                except ChannelError as exc:
-                    log.warning("cannot restore the consumer of %r yet (%s)", consumer.queue, exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.settings.reconnect_max_delay)
-        finally:
-            consumer._restarting = False
-
-    async def consume_replies(self, callback: DeliveryCallback) -> None:
-        """Receive direct reply-to replies (``reply_to = amq.rabbitmq.reply-to``)."""
-        await self._ready_or_raise()
-        self._reply_callback = callback
-        if self._reply_address is None:
-            self._reply_address = self._broker.register_replies(self)
-
-    def _deliver_reply(self, message: _Message) -> None:
-        callback = self._reply_callback
-        if callback is None:
-            return
-        delivery = MemoryDelivery(message, None, None, 0, "", True)
-
-        async def on_reply() -> None:
-            try:
-                await callback(delivery)
-            except Exception:
-                log.exception("reply callback failed")
-
-        self._schedule(lambda: self._spawn(on_reply()))

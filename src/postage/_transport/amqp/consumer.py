@@ -1,0 +1,224 @@
+"""Deliveries and consumers of the AMQP transport, and properties to and from frames."""
+
+from __future__ import annotations
+
+__all__ = ["AmqpConsumer", "AmqpDelivery", "from_amqp", "to_amqp"]
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import aiormq
+import aiormq.abc
+from pamqp import commands as spec
+
+from ..._wire.properties import Properties
+from ..base import Consumer, Delivery, DeliveryCallback
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from .transport import AmqpTransport
+
+log = logging.getLogger("postage.transport")
+
+
+def to_amqp(props: Properties | None, message_id: str | None = None) -> spec.Basic.Properties:
+    """AMQP properties for ``props``; ``message_id`` fills a missing message id (aiormq
+    would otherwise draw a UUID4 per message: it matches returns to publishes by it)."""
+    if props is None:
+        return spec.Basic.Properties(message_id=message_id)
+    return spec.Basic.Properties(
+        content_type=props.content_type,
+        content_encoding=props.content_encoding,
+        headers=props.headers,
+        delivery_mode=props.delivery_mode,
+        priority=props.priority,
+        correlation_id=props.correlation_id,
+        reply_to=props.reply_to,
+        expiration=props.expiration,
+        message_id=props.message_id or message_id,
+        timestamp=props.timestamp,
+        message_type=props.type,
+        user_id=props.user_id,
+        app_id=props.app_id,
+    )
+
+
+def from_amqp(p: spec.Basic.Properties) -> Properties:
+    return Properties(
+        content_type=p.content_type,
+        content_encoding=p.content_encoding,
+        headers=p.headers,
+        delivery_mode=p.delivery_mode,
+        priority=p.priority,
+        correlation_id=p.correlation_id,
+        reply_to=p.reply_to,
+        expiration=p.expiration,
+        message_id=p.message_id,
+        timestamp=p.timestamp,
+        type=p.message_type,
+        user_id=p.user_id,
+        app_id=p.app_id,
+    )
+
+
+class AmqpDelivery(Delivery):
+    """A message received through aiormq (properties decoded only when asked for)."""
+
+    __slots__ = ("_channel", "_properties", "_raw_properties")
+
+    def __init__(self, message: aiormq.abc.DeliveredMessage, channel: Any, no_ack: bool) -> None:
+        frame = message.delivery
+        self.body = message.body
+        self._raw_properties: spec.Basic.Properties = message.header.properties
+        self._properties: Properties | None = None
+        self.exchange = getattr(frame, "exchange", "") or ""
+        self.routing_key = getattr(frame, "routing_key", "") or ""
+        self.redelivered = bool(getattr(frame, "redelivered", False))
+        self.delivery_tag = getattr(frame, "delivery_tag", 0) or 0
+        self.consumer_tag = getattr(frame, "consumer_tag", "") or ""
+        self._channel = channel
+        self._settled = no_ack
+
+    @property
+    def properties(self) -> Properties:
+        if self._properties is None:
+            self._properties = from_amqp(self._raw_properties)
+        return self._properties
+
+    @property
+    def content_type(self) -> str | None:
+        return self._raw_properties.content_type
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self._raw_properties.correlation_id
+
+    @property
+    def reply_to(self) -> str | None:
+        return self._raw_properties.reply_to
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return self._raw_properties.headers or {}
+
+    async def _settle(self, what: str, requeue: bool) -> bool:
+        if self._settled:
+            return True
+        self._settled = True
+        channel = self._channel
+        if channel.is_closed:
+            log.warning(
+                "cannot %s delivery %s: its channel closed meanwhile; the broker will "
+                "deliver it again (a duplicate)", what, self.delivery_tag,
+            )
+            return False
+        try:
+            # wait=False: the frame joins the connection's (bounded) write queue, behind
+            # anything sent before it (a reply, say); no ping-pong with the writer per
+            # message. A link that drops before it is written loses it and the broker
+            # delivers the message again, as when the ack itself is lost on the wire.
+            if what == "ack":
+                await channel.basic_ack(self.delivery_tag, wait=False)
+            elif what == "nack":
+                await channel.basic_nack(self.delivery_tag, requeue=requeue, wait=False)
+            else:
+                await channel.basic_reject(self.delivery_tag, requeue=requeue, wait=False)
+        except Exception as exc:
+            log.warning(
+                "cannot %s delivery %s (%s); the broker will deliver it again",
+                what, self.delivery_tag, exc,
+            )
+            return False
+        return True
+
+
+class AmqpConsumer(Consumer):
+    """A consumer on a channel of its own (prefetch and failures stay per consumer)."""
+
+    def __init__(
+        self,
+        transport: AmqpTransport,
+        queue: str,
+        callback: DeliveryCallback,
+        *,
+        prefetch_count: int,
+        no_ack: bool,
+        exclusive: bool,
+        arguments: Mapping[str, Any] | None,
+    ) -> None:
+        super().__init__(queue, callback, prefetch_count=prefetch_count, no_ack=no_ack,
+                         exclusive=exclusive, arguments=arguments)
+        self._transport = transport
+        self.channel: Any = None
+
+    async def _start(self, connection: Any) -> None:
+        channel = await connection.channel(publisher_confirms=False)
+        if self.prefetch_count:
+            await channel.basic_qos(prefetch_count=self.prefetch_count)
+        channel.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
+        self.channel = channel
+        await channel.basic_consume(
+            self.queue,
+            self._on_message,
+            no_ack=self.no_ack,
+            exclusive=self.exclusive,
+            arguments=self.arguments or None,
+            consumer_tag=self.tag,
+        )
+        channel.closing.add_done_callback(
+            lambda future: self._on_channel_closed(channel, future)
+        )
+
+    async def _on_message(self, message: aiormq.abc.DeliveredMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._begin(task)
+        try:
+            await self.callback(AmqpDelivery(message, message.channel, self.no_ack))
+        except Exception:
+            log.exception("consumer callback for queue %r failed", self.queue)
+        finally:
+            self._end(task)
+
+    def _on_broker_cancel(self, _frame: Any) -> None:
+        if self.active and not self._transport.closed:
+            log.warning("the broker cancelled the consumer of queue %r; restoring it", self.queue)
+            self._transport._spawn(self._transport._restart_consumer(self, declare=True))
+
+    def _on_channel_closed(self, channel: Any, future: asyncio.Future[Any]) -> None:
+        transport = self._transport
+        if not self.active or transport.closed or future.cancelled():
+            return
+        if channel is not self.channel:
+            return  # an old channel of a previous connection: already replaced
+        if transport._connection is None or transport._connection.is_closed:
+            return  # the supervisor restores everything after a reconnection
+        exc = future.exception()
+        log.warning("the channel of the consumer of %r closed (%s); reopening", self.queue, exc)
+        transport._spawn(transport._restart_consumer(self, declare=False))
+
+    async def cancel(self, timeout: float | None = 10.0) -> None:
+        """Stop receiving; wait (up to ``timeout``) for deliveries being handled."""
+        if not self.active:
+            return
+        self.active = False
+        transport = self._transport
+        transport._consumers.pop(self.tag, None)
+        spec = transport.queue_spec(self.queue)
+        if spec is not None and spec.auto_delete and not any(
+            c.queue == self.queue for c in transport._consumers.values()
+        ):
+            # The broker deletes an auto-delete queue with its last consumer: do not
+            # declare it again after a reconnection.
+            transport._forget_queue(self.queue)
+        channel = self.channel
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(Exception):
+                await channel.basic_cancel(self.tag, timeout=5)
+        await self._wait_idle(timeout)
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(channel.close(), 5)

@@ -1,0 +1,75 @@
+"""AMQP client errors translated into Postage errors: here and nowhere else."""
+
+from __future__ import annotations
+
+__all__ = ["is_link_failure", "translate_error"]
+
+import asyncio
+import ssl
+
+from aiormq import exceptions as amqp_errors
+
+from ..._exceptions import (
+    AccessRefused,
+    AuthenticationError,
+    ChannelError,
+    ConnectionError,
+    DeliveryTimeout,
+    NotFound,
+    PostageError,
+    PreconditionFailed,
+    VhostNotFound,
+)
+
+
+def translate_error(exc: BaseException) -> PostageError:
+    """A Postage error for an exception of the AMQP client or the network."""
+    if isinstance(exc, PostageError):
+        return exc
+    if isinstance(exc, amqp_errors.ChannelAccessRefused):
+        return AccessRefused(_reply_text(exc), 403)
+    if isinstance(exc, amqp_errors.ChannelNotFoundEntity):
+        return NotFound(_reply_text(exc), 404)
+    if isinstance(exc, amqp_errors.ChannelPreconditionFailed):
+        return PreconditionFailed(_reply_text(exc), 406)
+    if isinstance(exc, amqp_errors.ChannelLockedResource):
+        return ChannelError(_reply_text(exc), 405)
+    if isinstance(exc, amqp_errors.ChannelClosed):
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+        return ChannelError(_reply_text(exc), code)
+    if isinstance(exc, amqp_errors.AuthenticationError | amqp_errors.ProbableAuthenticationError):
+        return AuthenticationError(
+            "the broker refused the user name or password (ACCESS_REFUSED)"
+        )
+    if isinstance(exc, amqp_errors.ConnectionNotAllowed):
+        return VhostNotFound(f"the broker does not allow this virtual host: {_reply_text(exc)}")
+    tls_error = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
+    if isinstance(tls_error, ssl.SSLCertVerificationError):  # aiormq wraps OSErrors
+        return ConnectionError(
+            f"TLS certificate verification failed: {tls_error.verify_message or tls_error}"
+        )
+    if isinstance(tls_error, ssl.SSLError):
+        return ConnectionError(f"TLS handshake failed: {tls_error.reason or tls_error}")
+    if isinstance(exc, amqp_errors.InvalidFrameError) and "Connection.Close" in str(exc):
+        # aiormq reports a refused Connection.Open as an unexpected frame
+        return VhostNotFound("the broker refused to open the virtual host")
+    if isinstance(exc, asyncio.TimeoutError):
+        return DeliveryTimeout("the broker did not answer in time")
+    return ConnectionError(f"connection to the broker failed: {_reply_text(exc)}")
+
+
+def _reply_text(exc: BaseException) -> str:
+    parts = [str(a) for a in exc.args if not isinstance(a, int)]
+    return " ".join(parts) or type(exc).__name__
+
+
+def is_link_failure(exc: BaseException) -> bool:
+    """True when ``exc`` means the connection (not one operation) failed."""
+    return isinstance(
+        exc,
+        amqp_errors.AMQPConnectionError
+        | amqp_errors.ChannelInvalidStateError
+        | OSError
+        | RuntimeError
+        | asyncio.IncompleteReadError,
+    ) and not isinstance(exc, amqp_errors.AuthenticationError)

@@ -1,0 +1,329 @@
+"""The transport interface: what the core needs from a connection to a broker.
+
+Two siblings implement it: :mod:`postage._transport.amqp` (RabbitMQ through aiormq) and
+:mod:`postage._transport.memory` (an in-memory broker for tests). Neither knows the other;
+:func:`postage._transport.transport_for` picks one for a URL.
+
+What the base keeps is what both share and is not I/O: the registry of everything declared
+(exchanges, queues, bindings, consumers), restored after a reconnection; the readiness of
+the connection and its deadline; the callbacks told of reconnections and of flow control
+(``connection.blocked``); the background tasks a transport owns.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DIRECT_REPLY_TO",
+    "Consumer",
+    "Delivery",
+    "DeliveryCallback",
+    "Transport",
+]
+
+import abc
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from .._exceptions import ConnectionClosed, ConnectionError, PostageError
+from .._settings import ConnectionSettings
+from .._wire.properties import Binding, ExchangeSpec, Properties, QueueSpec
+
+log = logging.getLogger("postage.transport")
+
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+_tag_counter = itertools.count(1)
+
+
+class Delivery(abc.ABC):
+    """A message received from a queue. Settle it once with ack(), nack() or reject()."""
+
+    __slots__ = (
+        "_settled",
+        "body",
+        "consumer_tag",
+        "delivery_tag",
+        "exchange",
+        "redelivered",
+        "routing_key",
+    )
+
+    body: bytes
+    exchange: str
+    routing_key: str
+    redelivered: bool
+    delivery_tag: int
+    consumer_tag: str
+    _settled: bool
+
+    @property
+    @abc.abstractmethod
+    def properties(self) -> Properties:
+        """The message's properties."""
+
+    @property
+    @abc.abstractmethod
+    def content_type(self) -> str | None:
+        """The ``content_type`` property."""
+
+    @property
+    @abc.abstractmethod
+    def correlation_id(self) -> str | None:
+        """The ``correlation_id`` property."""
+
+    @property
+    @abc.abstractmethod
+    def reply_to(self) -> str | None:
+        """The ``reply_to`` property."""
+
+    @property
+    @abc.abstractmethod
+    def headers(self) -> dict[str, Any]:
+        """The headers table (empty when there is none)."""
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    async def ack(self) -> bool:
+        """Acknowledge; False if the channel died meanwhile (the broker redelivers)."""
+        return await self._settle("ack", False)
+
+    async def nack(self, requeue: bool = True) -> bool:
+        """Negatively acknowledge, requeueing by default."""
+        return await self._settle("nack", requeue)
+
+    async def reject(self, requeue: bool = False) -> bool:
+        """Reject without requeueing by default."""
+        return await self._settle("reject", requeue)
+
+    @abc.abstractmethod
+    async def _settle(self, what: str, requeue: bool) -> bool:
+        """Send ``what`` (ack, nack, reject) once; False when it could not be sent."""
+
+
+DeliveryCallback = Callable[[Delivery], Awaitable[None]]
+
+
+class Consumer(abc.ABC):
+    """A subscription to a queue, restored after reconnections until cancelled."""
+
+    def __init__(
+        self,
+        queue: str,
+        callback: DeliveryCallback,
+        *,
+        prefetch_count: int,
+        no_ack: bool,
+        exclusive: bool,
+        arguments: Mapping[str, Any] | None,
+    ) -> None:
+        self.queue = queue
+        self.callback = callback
+        self.prefetch_count = prefetch_count
+        self.no_ack = no_ack
+        self.exclusive = exclusive
+        self.arguments = dict(arguments or {})
+        self.tag = f"postage.{next(_tag_counter)}.{queue}"[:255]
+        self.active = True
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._restarting = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def _begin(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.add(task)
+        self._idle.clear()
+
+    def _end(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if not self._in_flight:
+            self._idle.set()
+
+    async def _wait_idle(self, timeout: float | None) -> None:
+        if self._in_flight:
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except TimeoutError:
+                log.warning("%d handler(s) of queue %r still running after %s s",
+                            len(self._in_flight), self.queue, timeout)
+
+    @abc.abstractmethod
+    async def _start(self, connection: Any) -> None:
+        """Start (or restart) consuming on ``connection``."""
+
+    @abc.abstractmethod
+    async def cancel(self, timeout: float | None = 10.0) -> None:
+        """Stop receiving; wait (up to ``timeout``) for deliveries being handled."""
+
+
+BlockedCallback = Callable[[str | None], None]
+
+
+class Transport(abc.ABC):
+    """A recovering connection with a topology registry: the core's only way out."""
+
+    def __init__(self, settings: ConnectionSettings) -> None:
+        self.settings = settings
+        self._ready = asyncio.Event()
+        self._closed = False
+        self._failure: PostageError | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._exchanges: dict[str, ExchangeSpec] = {}
+        self._known_exchanges: set[str] = {""}
+        self._queues: dict[str, QueueSpec] = {}
+        self._bindings: dict[Binding, None] = {}
+        self._consumers: dict[str, Consumer] = {}
+        self._reply_callback: DeliveryCallback | None = None
+        self._reconnect_callbacks: list[Callable[[], None]] = []
+        self._blocked_callbacks: list[BlockedCallback] = []
+        # why the broker blocked this connection (memory or disk alarm), None when not
+        self.blocked_reason: str | None = None
+        self.url: str | None = None
+        self.reconnections = 0
+
+    # -- shared state -----------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def is_ready(self) -> bool:
+        return self._ready.is_set() and not self._closed
+
+    def queue_spec(self, name: str) -> QueueSpec | None:
+        """How ``name`` was declared through this transport (None if it was not)."""
+        return self._queues.get(name)
+
+    def add_reconnect_callback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the loop) each time the topology has been restored."""
+        self._reconnect_callbacks.append(callback)
+
+    def add_blocked_callback(self, callback: BlockedCallback) -> None:
+        """Call ``callback(reason)`` when the broker blocks the connection (a memory or
+        disk alarm) and ``callback(None)`` when it unblocks it."""
+        self._blocked_callbacks.append(callback)
+
+    def _set_blocked(self, reason: str | None) -> None:
+        self.blocked_reason = reason
+        for callback in list(self._blocked_callbacks):
+            try:
+                callback(reason)
+            except Exception:
+                log.exception("blocked callback failed")
+
+    def _reconnected(self) -> None:
+        self.reconnections += 1
+        self._ready.set()
+        for callback in list(self._reconnect_callbacks):
+            try:
+                callback()
+            except Exception:
+                log.exception("reconnect callback failed")
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _forget_queue(self, name: str) -> None:
+        self._queues.pop(name, None)
+        for binding in [b for b in self._bindings if b.queue == name]:
+            del self._bindings[binding]
+
+    async def _wait_ready(self, deadline: float | None) -> None:
+        if self._ready.is_set():
+            if self._closed:
+                raise self._failure or ConnectionClosed("the connection is closed")
+            return
+        loop = asyncio.get_running_loop()
+        limit = self.settings.recovery_timeout
+        timeout = limit if deadline is None else min(limit, deadline - loop.time())
+        try:
+            await asyncio.wait_for(self._ready.wait(), max(0.0, timeout))
+        except TimeoutError:
+            raise ConnectionError(
+                f"the broker connection was not restored within {timeout:.1f} s"
+            ) from None
+        if self._closed:
+            raise self._failure or ConnectionClosed("the connection is closed")
+
+    # -- the operations -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect; raise a Postage error if the broker cannot be reached."""
+
+    @abc.abstractmethod
+    async def close(self, timeout: float = 10.0) -> None:
+        """Cancel consumers (letting their handlers finish), wait for confirms, disconnect."""
+
+    @abc.abstractmethod
+    async def declare_exchange(self, exchange: ExchangeSpec, *, timeout: float = 30.0) -> None:
+        """Declare ``exchange`` (kept in the registry)."""
+
+    @abc.abstractmethod
+    async def check_exchange(self, name: str, *, timeout: float = 30.0) -> None:
+        """NotFound unless the exchange ``name`` exists."""
+
+    @abc.abstractmethod
+    async def declare_queue(self, queue: QueueSpec, *, timeout: float = 30.0) -> tuple[int, int]:
+        """Declare ``queue`` (kept in the registry); return (messages, consumers)."""
+
+    @abc.abstractmethod
+    async def queue_state(self, name: str, *, timeout: float = 30.0) -> tuple[int, int]:
+        """(messages, consumers) of an existing queue; NotFound otherwise."""
+
+    @abc.abstractmethod
+    async def delete_queue(self, name: str, *, timeout: float = 30.0) -> None:
+        """Delete a queue (and forget it)."""
+
+    @abc.abstractmethod
+    async def delete_exchange(self, name: str, *, timeout: float = 30.0) -> None:
+        """Delete an exchange (and forget it)."""
+
+    @abc.abstractmethod
+    async def purge_queue(self, name: str, *, timeout: float = 30.0) -> None:
+        """Drop the ready messages of a queue."""
+
+    @abc.abstractmethod
+    async def bind(self, binding: Binding, *, timeout: float = 30.0) -> None:
+        """Bind a queue to an exchange (kept in the registry)."""
+
+    @abc.abstractmethod
+    async def unbind(self, binding: Binding, *, timeout: float = 30.0) -> None:
+        """Remove a binding."""
+
+    @abc.abstractmethod
+    async def publish(
+        self, exchange: str, routing_key: str, body: bytes,
+        properties: Properties | None = None, *, mandatory: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        """Publish and wait for the broker's confirm (Unroutable, PublishNacked...)."""
+
+    @abc.abstractmethod
+    async def publish_transient(
+        self, exchange: str, routing_key: str, body: bytes,
+        properties: Properties | None = None, *, timeout: float | None = None,
+    ) -> None:
+        """Publish without a confirm (replies to direct reply-to)."""
+
+    @abc.abstractmethod
+    async def consume(
+        self, queue: str, callback: DeliveryCallback, *, prefetch_count: int = 0,
+        no_ack: bool = False, exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None, timeout: float = 30.0,
+    ) -> Consumer:
+        """Consume ``queue``; each message is handled in a task of its own."""
+
+    @abc.abstractmethod
+    async def consume_replies(self, callback: DeliveryCallback) -> None:
+        """Receive direct reply-to replies (``reply_to = amq.rabbitmq.reply-to``)."""
