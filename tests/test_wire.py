@@ -21,7 +21,8 @@ from postage import (
     UnsupportedContentType,
     UnsupportedVersion,
 )
-from postage._core.core import Core, RetryPolicy, Subscription
+from postage._core.core import Core, HandlingOptions, Subscription
+from postage._core.middleware import IncomingMessage
 from postage._wire.envelope import (
     ENVELOPE_KEYS,
     build_envelope,
@@ -296,6 +297,10 @@ class FakeDelivery:
         self.content_type = content_type
         self.headers: dict[str, Any] = {}
         self.settled_as: str | None = None
+        self.redelivered = False
+        self.exchange = "x"
+        self.routing_key = "k"
+        self.reply_to = None
 
     @property
     def settled(self) -> bool:
@@ -328,26 +333,28 @@ def test_fuzz_dispatch_path(body: bytes, content_type: str | None) -> None:
     handled: list[dict[str, Any]] = []
     dead: list[str] = []
 
-    async def dead_letter(delivery: Any, queue: str, reason: str, error: str = "",
-                          attempts: int | None = None) -> None:
+    async def dead_letter(delivery: Any, queue: str, dlq: str, reason: str, error: str = "",
+                          **where: Any) -> bool:
         dead.append(reason)
         await delivery.ack()
+        return True
 
-    core.dead_letter = dead_letter  # type: ignore[method-assign]
+    core.move_to_dead_letters = dead_letter  # type: ignore[method-assign]
 
-    async def handler(delivery: Any) -> None:
-        handled.append(core.decode_envelope(delivery))
+    async def handler(message: IncomingMessage) -> None:
+        assert message.envelope is not None
+        handled.append(message.envelope)
 
     async def run() -> FakeDelivery:
-        sub = Subscription(core, "q", handler, RetryPolicy())
+        sub = Subscription(core, "q", handler, HandlingOptions(envelope=True))
         delivery = FakeDelivery(body, content_type)
-        await sub._on_delivery(delivery)  # type: ignore[arg-type]
+        await sub.on_delivery(delivery)  # type: ignore[arg-type]
         return delivery
 
     try:
         delivery = asyncio.run(run())
     finally:
-        core._executor.shutdown(wait=False)
+        core.workers.shutdown()
     try:
         expected = decode_envelope(body, content_type, max_size=400)
     except DecodingError:

@@ -21,6 +21,8 @@
     ├── DeliveryTimeout (TimeoutError) a wait passed its deadline
     │   └── RpcTimeout                no reply to an RPC in time
     ├── RemoteError                   the remote handler raised; carries its type and traceback
+    ├── DeadLettered                  a message was moved to its dead-letter queue (the
+    │                                 sender of a task learns it as a RemoteError of this type)
     ├── RpcBacklogFull                too many RPC calls pending
     ├── WrongThreadError              a blocking call made from the event loop's own thread
     └── Reject (control flow)         raised by a handler to dead-letter the message
@@ -38,6 +40,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectionClosed",
     "ConnectionError",
+    "DeadLettered",
     "DecodingError",
     "DeliveryTimeout",
     "EncodingError",
@@ -170,6 +173,10 @@ class RpcBacklogFull(PostageError):
 
 class WrongThreadError(PostageError, RuntimeError):
     """A blocking call was made from the event loop's own thread, where it would deadlock."""
+
+
+class DeadLettered(PostageError):
+    """A message was moved to its dead-letter queue (``<queue>.dlq``) without a result."""
 
 
 class Reject(PostageError):

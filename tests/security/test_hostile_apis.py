@@ -13,6 +13,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pika
@@ -21,13 +22,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from postage import AsyncClient, JsonEncoder, Properties, messaging
+from postage._api.communicator import BroadcastFilter
 from postage._api.communicator import wire as _wire
 from postage._api.communicator.aio import AsyncCommunicator, open_communicator
 from postage._core.core import (
     HEADER_ERROR,
     HEADER_REASON,
     Core,
-    RetryPolicy,
+    HandlingOptions,
     Subscription,
     open_core,
 )
@@ -228,7 +230,7 @@ async def test_communicator_hostile_inputs(broker_url: str) -> None:
 
 
 def messaging_filter(seen: Recorder) -> Any:
-    from postage._api.communicator import BroadcastFilter
+
 
     async def filtered(_comm: Any, body: Any, sender: Any, subject: Any, msg_id: Any) -> None:
         seen.add(body)
@@ -329,18 +331,36 @@ class FakeDelivery:
 
 
 class FakeCore(Core):
-    """A core that never connects: dead letters and replies are recorded."""
+    """A core that never connects: declarations do nothing, subscriptions are kept by
+    queue (the APIs' real ones, fed by hand), dead letters and replies are recorded."""
 
     def __init__(self) -> None:
         super().__init__(max_message_size=FUZZ_LIMIT, accept_content_types={CUSTOM})
         self.dead: list[str] = []
         self.replies: list[bytes] = []
+        self.subscriptions: dict[str, Subscription] = {}
 
-    async def dead_letter(self, delivery: Any, queue: str, reason: str, error: str = "",
-                          attempts: int | None = None) -> None:
+    async def declare_exchange(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    async def declare_queue(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
+        return 0, 0
+
+    async def bind(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    async def consume(self, queue: str, handler: Any, options: Any = None,
+                      **kwargs: Any) -> Subscription:
+        sub = Subscription(self, queue, handler, options or HandlingOptions())
+        self.subscriptions[queue] = sub
+        return sub
+
+    async def move_to_dead_letters(self, delivery: Any, queue: str, dlq: str, reason: str,
+                                   error: str = "", **where: Any) -> bool:
         assert error, "a dead letter says why"
         self.dead.append(reason)
         await delivery.ack()
+        return True
 
     async def reply(self, request: Any, body: bytes, properties: Any = None) -> bool:
         self.replies.append(body)
@@ -382,7 +402,7 @@ def _run(coro_fn: Any, core: Core) -> None:
     try:
         asyncio.run(coro_fn())
     finally:
-        core._executor.shutdown(wait=False)
+        core.workers.shutdown()
 
 
 @settings(max_examples=300, deadline=None)
@@ -413,8 +433,9 @@ def test_fuzz_classic_dispatch(body: bytes, content_type: str | None,
     delivery = FakeDelivery(body, content_type, reply_to)
 
     async def run() -> None:
-        sub = Subscription(core, "q", processor._dispatch, RetryPolicy(1))
-        await sub._on_delivery(delivery)  # type: ignore[arg-type]
+        sub = Subscription(core, "q", processor._dispatch,
+                           processor.consumer.handling_options())
+        await sub.on_delivery(delivery)  # type: ignore[arg-type]
 
     _run(run, core)
     expected = _expected(body, content_type)
@@ -448,18 +469,23 @@ def test_fuzz_communicator_dispatch(body: bytes, content_type: str | None,
     async def on_broadcast(_comm: Any, value: Any, *rest: Any) -> None:
         handled["broadcast"].append(value)
 
-    from postage._api.communicator import BroadcastFilter
 
-    comm._broadcast_subscribers = {"a": on_broadcast,
-                                   "f": BroadcastFilter(on_broadcast, subject=[1])}
+
     deliveries = [FakeDelivery(body, content_type, reply_to) for _ in range(3)]
 
     async def run() -> None:
-        await comm._handle_rpc("svc", on_rpc, deliveries[0])  # type: ignore[arg-type]
-        task_sub = Subscription(core, "tq", lambda d: comm._handle_task("tq", on_task, d),
-                                RetryPolicy(1))
-        await task_sub._on_delivery(deliveries[1])  # type: ignore[arg-type]
-        await comm._dispatch_broadcast(deliveries[2])  # type: ignore[arg-type]
+        # the subscriptions the communicator really makes, fed by hand
+        comm.options = replace(comm.options, task_max_attempts=1)
+        await comm.add_rpc_subscriber(on_rpc, "svc")
+        await (await comm.task_queue("tq")).add_task_subscriber(on_task)
+        comm._broadcast_subscribers.clear()
+        await comm.add_broadcast_subscriber(on_broadcast, "a")
+        await comm.add_broadcast_subscriber(BroadcastFilter(on_broadcast, subject=[1]), "f")
+        rpc = core.subscriptions.pop("postage.rpc.svc")
+        task = core.subscriptions.pop("tq")
+        [broadcast] = core.subscriptions.values()
+        for sub, delivery in zip((rpc, task, broadcast), deliveries, strict=True):
+            await sub.on_delivery(delivery)  # type: ignore[arg-type]
 
     _run(run, core)
     expected = _expected(body, content_type)
@@ -494,8 +520,9 @@ def test_fuzz_async_client_dispatch(body: bytes, content_type: str | None,
     delivery = FakeDelivery(body, content_type, reply_to)
 
     async def run() -> None:
-        sub = Subscription(core, "q", AsyncClient._make_dispatcher(core, handler), RetryPolicy())
-        await sub._on_delivery(delivery)  # type: ignore[arg-type]
+        client = AsyncClient(core=core)
+        await client.receive("", "", "q", handler)
+        await core.subscriptions["q"].on_delivery(delivery)  # type: ignore[arg-type]
 
     _run(run, core)
     if len(body) > FUZZ_LIMIT:
@@ -517,7 +544,6 @@ def _summary() -> Iterator[None]:
 def test_a_failing_broadcast_filter_skips_only_its_subscriber() -> None:
     """Regression: a filter value whose ``==`` raises on odd input used to escape the
     dispatcher, so the broadcast reached none of the other subscribers."""
-    from postage._api.communicator import BroadcastFilter
 
     class Touchy:
         def __eq__(self, other: object) -> bool:
@@ -532,9 +558,14 @@ def test_a_failing_broadcast_filter_skips_only_its_subscriber() -> None:
     async def subscriber(_comm: Any, body: Any, *rest: Any) -> None:
         got.append(body)
 
-    comm._broadcast_subscribers = {"touchy": BroadcastFilter(subscriber, sender=Touchy()),
-                                   "plain": subscriber}
     body = JsonEncoder().encode(_wire.broadcast_envelope({"b": 1}, {"odd": []}, "s", None, {}))
     delivery = FakeDelivery(body, JSON, None)
-    _run(lambda: comm._dispatch_broadcast(delivery), core)  # type: ignore[arg-type]
+
+    async def run() -> None:
+        await comm.add_broadcast_subscriber(BroadcastFilter(subscriber, sender=Touchy()))
+        await comm.add_broadcast_subscriber(subscriber)
+        [sub] = core.subscriptions.values()
+        await sub.on_delivery(delivery)  # type: ignore[arg-type]
+
+    _run(run, core)
     assert got == [{"b": 1}] and delivery.settled_as == ["ack"]

@@ -25,15 +25,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeAlias
 
-from .._core.core import Core, RetryPolicy, Subscription, open_core
-from .._exceptions import (
-    ConfigurationError,
-    ConnectionClosed,
-    EncodingError,
-    MessageTooLarge,
-    Reject,
-)
-from .._transport import Delivery
+from .._core.core import Core, HandlingOptions, RetryPolicy, Subscription, open_core
+from .._core.middleware import IncomingMessage
+from .._exceptions import ConfigurationError, ConnectionClosed, EncodingError
 from .._wire.properties import Properties
 
 log = logging.getLogger("postage.client")
@@ -41,6 +35,10 @@ log = logging.getLogger("postage.client")
 Body: TypeAlias = bytes | bytearray | memoryview | str
 HandlerResult: TypeAlias = Body | None
 ReceiveHandler: TypeAlias = Callable[[bytes], Awaitable[HandlerResult] | HandlerResult]
+
+# Messages a receiver holds at once when ``prefetch_count`` is not given: enough to keep a
+# fast handler busy, bounded so that a long backlog does not fill the consumer's memory.
+DEFAULT_PREFETCH = 256
 
 
 def to_bytes(body: Body) -> bytes:
@@ -52,6 +50,20 @@ def to_bytes(body: Body) -> bytes:
     if isinstance(body, bytearray | memoryview):
         return bytes(body)
     raise EncodingError(f"a body must be bytes or str, not {type(body).__name__}")
+
+
+class _RawReplies:
+    """A receive handler's result is the reply body itself (bytes or str); errors are
+    not answered (the sender of a raw request times out or reads the dead-letter queue)."""
+
+    def result(self, message: IncomingMessage, value: Any) -> bytes | None:
+        return None if value is None else to_bytes(value)
+
+    def error(self, message: IncomingMessage, exc: BaseException) -> bytes | None:
+        return None
+
+
+_RAW_REPLIES = _RawReplies()
 
 
 def _is_async(handler: Callable[..., Any]) -> bool:
@@ -168,7 +180,8 @@ class AsyncClient:
 
     async def receive(
         self, exchange: str, routing_key: str, queue_name: str, handler: ReceiveHandler,
-        no_ack: bool = False, prefetch_count: int = 0, exchange_type: str = "topic", *,
+        no_ack: bool = False, prefetch_count: int | None = None,
+        exchange_type: str = "topic", *,
         durable: bool = False, auto_delete: bool | None = None,
         policy: RetryPolicy | None = None, quorum: bool = False,
     ) -> Receiver:
@@ -179,6 +192,7 @@ class AsyncClient:
         nothing) is sent to the message's ``reply_to`` with its ``correlation_id``. The
         message is acked after the handler; if the handler raises, it is retried per
         ``policy`` (default: 3 deliveries in all) and then moved to ``<queue_name>.dlq``.
+        ``prefetch_count``: messages held at once (default 256; ``0`` for no limit).
 
         The queue is ``auto_delete`` unless ``durable`` (as in the seed). ``quorum=True``
         declares a replicated quorum queue (durable, never auto-delete; its ``.dlq`` is a
@@ -199,41 +213,24 @@ class AsyncClient:
             )
         if exchange:
             await core.bind(queue_name, exchange, routing_key)
-        run = self._make_dispatcher(core, handler)
-        subscription = await core.subscribe(
-            queue_name, run, prefetch_count=prefetch_count, policy=policy, no_ack=no_ack,
+        is_async = _is_async(handler)
+
+        async def run(message: IncomingMessage) -> Any:
+            if is_async:
+                return await handler(message.body)  # type: ignore[misc]
+            result = await core.run_sync(handler, message.body)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+
+        options = HandlingOptions(policy or RetryPolicy(), replies=_RAW_REPLIES)
+        subscription = await core.consume(
+            queue_name, run, options, no_ack=no_ack,
+            prefetch_count=DEFAULT_PREFETCH if prefetch_count is None else prefetch_count,
         )
         receiver = Receiver(self, queue_name, subscription)
         self._receivers.add(receiver)
         return receiver
-
-    @staticmethod
-    def _make_dispatcher(
-        core: Core, handler: ReceiveHandler
-    ) -> Callable[[Delivery], Awaitable[None]]:
-        is_async = _is_async(handler)
-
-        async def dispatch(delivery: Delivery) -> None:
-            if len(delivery.body) > core.max_message_size:
-                raise MessageTooLarge(
-                    f"body of {len(delivery.body)} bytes is over the limit of "
-                    f"{core.max_message_size}"
-                )
-            if is_async:
-                result = await handler(delivery.body)  # type: ignore[misc]
-            else:
-                result = await core.run_sync(handler, delivery.body)
-                if inspect.isawaitable(result):
-                    result = await result
-            if result is None or not delivery.reply_to:
-                return
-            try:
-                reply = to_bytes(result)
-            except EncodingError as exc:
-                raise Reject(f"the handler returned a value that cannot be sent: {exc}") from None
-            await core.reply(delivery, reply, Properties())
-
-        return dispatch
 
     async def rpc(
         self, exchange: str, routing_key: str, body: Body, timeout: float | None = None,

@@ -41,9 +41,9 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
-from .._core.core import Core
-from .._exceptions import ConfigurationError, DecodingError, PostageError
-from .._transport import Consumer, Delivery
+from .._core.core import Core, HandlingOptions, Subscription
+from .._core.middleware import IncomingMessage
+from .._exceptions import ConfigurationError, PostageError
 from .._wire.envelope import build_envelope, result_content
 from .gather import gather_replies
 
@@ -58,6 +58,9 @@ DEFAULT_INTERVAL = 10.0
 _KEY_FIELDS = ("name", "type", "pid", "host", "vhost")
 
 Info = Callable[[], Mapping[str, Any]]
+# Presence news is transient (no-ack, expiring): what cannot be handled is logged, dropped
+_NEWS = HandlingOptions(errors="log", dead_letter_queue=None)
+_STATUS = HandlingOptions(errors="log", envelope=True, dead_letter_queue=None)
 
 
 def component_key(fingerprint: Mapping[str, Any]) -> tuple[str, ...]:
@@ -88,7 +91,7 @@ class PresenceAnnouncer:
         self.exchange = exchange
         self._info = info
         self._queue = f"{exchange}.probe.{uuid.uuid4().hex}"
-        self._consumer: Consumer | None = None
+        self._consumer: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._started = False
 
@@ -117,7 +120,7 @@ class PresenceAnnouncer:
         await _declare_exchange(core, self.exchange)
         await core.declare_queue(self._queue, exclusive=True, auto_delete=True)
         await core.bind(self._queue, self.exchange, PROBE_KEY)
-        self._consumer = await core.transport.consume(self._queue, self._on_probe, no_ack=True)
+        self._consumer = await core.consume(self._queue, self._on_probe, _NEWS, no_ack=True)
         self._started = True
         await self.publish(ONLINE)
         self._task = asyncio.get_running_loop().create_task(self._beat())
@@ -140,7 +143,7 @@ class PresenceAnnouncer:
                 await self._consumer.cancel(timeout)
             self._consumer = None
         with contextlib.suppress(PostageError, TimeoutError):
-            await asyncio.wait_for(self.core.transport.delete_queue(self._queue), timeout)
+            await asyncio.wait_for(self.core.delete_queue(self._queue), timeout)
 
     async def publish(self, status: str) -> None:
         """Publish one status message (``online``, ``heartbeat``, ``offline``...)."""
@@ -162,7 +165,8 @@ class PresenceAnnouncer:
             except PostageError as exc:  # reconnecting: the next beat will tell
                 log.warning("cannot send a presence heartbeat: %s", exc)
 
-    async def _on_probe(self, delivery: Delivery) -> None:
+    async def _on_probe(self, message: IncomingMessage) -> None:
+        delivery = message.delivery
         if not delivery.reply_to:
             return
         reserved = {"presence": self._extra()}
@@ -233,7 +237,7 @@ class PresenceWatcher:
         self.on_change = on_change
         self.fingerprint = dict(fingerprint or {"name": "postage-presence-watcher"})
         self._queue = f"{exchange}.watch.{uuid.uuid4().hex}"
-        self._consumer: Consumer | None = None
+        self._consumer: Subscription | None = None
         self._states: dict[tuple[str, ...], ComponentState] = {}
 
     async def __aenter__(self) -> PresenceWatcher:
@@ -251,7 +255,7 @@ class PresenceWatcher:
         await _declare_exchange(core, self.exchange)
         await core.declare_queue(self._queue, exclusive=True, auto_delete=True)
         await core.bind(self._queue, self.exchange, STATUS_KEY_PREFIX + "#")
-        self._consumer = await core.transport.consume(self._queue, self._on_status, no_ack=True)
+        self._consumer = await core.consume(self._queue, self._on_status, _STATUS, no_ack=True)
 
     async def stop(self, timeout: float = 5.0) -> None:
         consumer, self._consumer = self._consumer, None
@@ -259,7 +263,7 @@ class PresenceWatcher:
             with contextlib.suppress(PostageError):
                 await consumer.cancel(timeout)
             with contextlib.suppress(PostageError, TimeoutError):
-                await asyncio.wait_for(self.core.transport.delete_queue(self._queue), timeout)
+                await asyncio.wait_for(self.core.delete_queue(self._queue), timeout)
 
     async def probe(self, timeout: float = 1.0) -> int:
         """Ask every announcer for its fingerprint; return how many answered in time."""
@@ -294,12 +298,9 @@ class PresenceWatcher:
         self._states[key] = state
         return state
 
-    async def _on_status(self, delivery: Delivery) -> None:
-        try:
-            envelope = self.core.decode_envelope(delivery)
-        except DecodingError as exc:
-            log.warning("undecodable presence message dropped: %s", exc)
-            return
+    async def _on_status(self, message: IncomingMessage) -> None:
+        envelope = message.envelope  # an undecodable one is logged and dropped
+        assert envelope is not None
         fingerprint = envelope.get("fingerprint")
         content = envelope.get("content")
         if envelope.get("type") != "status" or not isinstance(fingerprint, Mapping) \

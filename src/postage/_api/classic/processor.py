@@ -1,9 +1,9 @@
 """GenericConsumer and MessageProcessor: queues bound by ``eqk``, messages routed to handlers.
 
-A processor consumes its queues through the shared Core. For each delivery an async
-dispatcher on the event loop decodes the envelope (anything that is not a valid v2
-envelope raises DecodingError, so the core moves it to ``<queue>.dlq`` with the reason
-and the processor goes on), picks the handlers registered for its
+A processor consumes its queues through the shared Core's inbound pipeline, which decodes
+each envelope with the consumer's encoder and limits (anything that is not a valid v2
+envelope goes to ``<queue>.dlq`` with the reason, and the processor goes on). For each
+message an async dispatcher on the event loop picks the handlers registered for its
 ``(category, type, name)`` and runs them, one after the other, in a worker thread
 (``Core.run_sync``) while the loop keeps serving heartbeats. Deliveries of one processor
 are handled one at a time, as in the original (prefetch 1 per queue and a lock).
@@ -45,11 +45,11 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..._core.core import Core, RetryPolicy, Subscription
+from ..._core.core import Core, HandlingOptions, RetryPolicy, Subscription
+from ..._core.middleware import IncomingMessage
 from ..._exceptions import ConfigurationError
 from ..._transport import Delivery
 from ..._wire.encoding import Encoder, JsonEncoder, check_encoder
-from ..._wire.envelope import decode_envelope
 from ..._wire.properties import Properties, QueueSpec
 from ...microthreads import MicroThread
 from . import runtime as _runtime
@@ -59,7 +59,7 @@ from .producer import declare_exchange
 log = logging.getLogger("postage.classic.processor")
 
 QUEUE_FLAGS = frozenset({"durable", "exclusive", "auto_delete", "arguments"})
-DeliveryHandler = Callable[[Delivery], Awaitable[None]]
+MessageCallback = Callable[[IncomingMessage], Awaitable[None]]
 
 
 def queue_spec(queue: str | dict[str, Any]) -> QueueSpec:
@@ -116,7 +116,7 @@ class GenericConsumer:
         self._queues: dict[str, QueueSpec] = {}
         self._subscriptions: dict[str, Subscription] = {}
         self._active: set[str] = set()
-        self._callback: DeliveryHandler | None = None
+        self._callback: MessageCallback | None = None
         self.add_eqk(self.eqk)
 
     def _call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
@@ -140,18 +140,18 @@ class GenericConsumer:
             return
         self._active.add(name)
 
-        async def on_delivery(delivery: Delivery) -> None:
+        async def on_message(message: IncomingMessage) -> None:
             # A queue left (or consuming stopped) while deliveries were on their way:
             # give them back to the broker for the other consumers.
             if name not in self._active or self._callback is None:
-                await delivery.nack(requeue=True)
+                await message.delivery.nack(requeue=True)
                 return
-            await callback(delivery)
+            await callback(message)
 
         log.debug("consumer %s: consuming queue %s", type(self).__name__, name)
         try:
-            self._subscriptions[name] = await self.core.subscribe(
-                name, on_delivery, prefetch_count=self.prefetch_count, policy=self.retry_policy)
+            self._subscriptions[name] = await self.core.consume(
+                name, on_message, self.handling_options(), prefetch_count=self.prefetch_count)
         except BaseException:
             self._active.discard(name)
             raise
@@ -196,8 +196,17 @@ class GenericConsumer:
         if sub is not None:
             _runtime.portal().submit(sub.cancel())
 
-    def start_consuming(self, callback: DeliveryHandler) -> None:
-        """Consume every bound queue, calling ``callback`` (a coroutine) per delivery."""
+    def handling_options(self) -> HandlingOptions:
+        """The inbound pipeline's rules for this consumer: Postage envelopes decoded with
+        its encoder and limits, then its ``retry_policy``."""
+        return HandlingOptions(
+            self.retry_policy, envelope=True, encoder=self.encoder,
+            max_message_size=self.max_message_size,
+            accept_content_types=frozenset(self.accept_content_types))
+
+    def start_consuming(self, callback: MessageCallback) -> None:
+        """Consume every bound queue, calling ``callback`` (a coroutine) per message
+        (its envelope decoded: ``message.envelope``)."""
         self._callback = callback
 
         async def start() -> None:
@@ -424,17 +433,14 @@ class MessageProcessor(MicroThread):
         table = self._message_handlers
         return [*table.get((category, type_, name), ()), *table.get((category, type_, None), ())]
 
-    async def _dispatch(self, delivery: Delivery) -> None:
+    async def _dispatch(self, message: IncomingMessage) -> None:
+        delivery = message.delivery
         if self.stopping:
             await delivery.nack(requeue=True)  # for another consumer, or our next run
             return
         consumer = self.consumer
-        limit = consumer.max_message_size
-        body = decode_envelope(
-            delivery.body, delivery.content_type, consumer.encoder,
-            max_size=consumer.core.max_message_size if limit is None else limit,
-            accept=consumer.accept_content_types | consumer.core.accept_content_types,
-        )  # DecodingError: the core moves the message to <queue>.dlq ("undecodable")
+        body = message.envelope  # decoded by the pipeline (undecodable: <queue>.dlq)
+        assert body is not None
         category, type_, name = body["category"], body["type"], body["name"]
         handlers = self.handlers_for(category, type_, name)
         log.debug("<-- %s: %s %s %r (%d handlers)", type(self).__name__, category, type_,

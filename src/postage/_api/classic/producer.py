@@ -42,7 +42,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from ..._blocking.window import SendWindow
-from ..._core.core import Core
+from ..._core.core import Core, HandlingOptions
+from ..._core.middleware import IncomingMessage
 from ..._exceptions import (
     ConfigurationError,
     DecodingError,
@@ -66,6 +67,8 @@ from .messages import (
 )
 
 log = logging.getLogger("postage.classic.producer")
+# A reply queue of ``rpc_queue_X``: one reply is taken, others go back for a later read
+_REPLY_QUEUE = HandlingOptions(errors="log", dead_letter_queue=None)
 
 EK = tuple[type[Exchange], str]
 
@@ -284,14 +287,15 @@ class GenericProducer:
             got: asyncio.Future[tuple[bytes, str | None]] = (
                 asyncio.get_running_loop().create_future())
 
-            async def on_message(delivery: Any) -> None:
+            async def on_message(message: IncomingMessage) -> None:
+                delivery = message.delivery
                 if not got.done():
                     got.set_result((delivery.body, delivery.content_type))
                     await delivery.ack()
                 else:
                     await delivery.nack(requeue=True)
 
-            consumer = await core.transport.consume(queue, on_message, prefetch_count=1)
+            consumer = await core.consume(queue, on_message, _REPLY_QUEUE, prefetch_count=1)
             try:
                 body, content_type = await asyncio.wait_for(got, wait)
             except TimeoutError:
@@ -302,7 +306,7 @@ class GenericProducer:
             # would otherwise be declared again after every reconnection); after a timeout
             # it stays, for a later consume_rpc
             with contextlib.suppress(PostageError):
-                await core.transport.delete_queue(queue, timeout=5.0)
+                await core.delete_queue(queue, timeout=5.0)
             return self._decode_reply(body, content_type)
 
         result: Message = _runtime.portal().call(consume_one, timeout=wait + 15)

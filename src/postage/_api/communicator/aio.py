@@ -33,18 +33,17 @@ from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import Any
 
-from ..._core.core import HEADER_ATTEMPTS, Core, RetryPolicy, Subscription, open_core
+from ..._core.core import Core, HandlingOptions, RetryPolicy, Subscription, open_core
+from ..._core.middleware import IncomingMessage
 from ..._exceptions import (
     ConfigurationError,
     ConnectionClosed,
-    DecodingError,
     EncodingError,
     PostageError,
-    Reject,
     Unroutable,
 )
 from ..._settings import ConnectionSettings
-from ..._transport import Consumer, Delivery
+from ..._transport import Delivery
 from ..._wire.fingerprint import Fingerprint
 from ..._wire.properties import PERSISTENT
 from ..gather import GatherReply, gather_replies
@@ -125,11 +124,26 @@ def _is_async(fn: Callable[..., Any]) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
-def _attempt(delivery: Delivery) -> int:
-    try:
-        return int(delivery.headers.get(HEADER_ATTEMPTS, 0)) + 1
-    except (TypeError, ValueError):
-        return 1
+class _EnvelopeReplies:
+    """Results and errors of a subscriber as Postage result envelopes (``name``: the RPC
+    identifier or the task queue)."""
+
+    def __init__(self, comm: AsyncCommunicator, name: str) -> None:
+        self._core = comm.core
+        self._name = name
+        self._fingerprint = comm._fingerprint
+
+    def result(self, message: IncomingMessage, value: Any) -> bytes:
+        return self._core.encode(_wire.success_envelope(self._name, value, self._fingerprint))
+
+    def error(self, message: IncomingMessage, exc: BaseException) -> bytes:
+        envelope = _wire.exception_envelope(self._name, exc, self._fingerprint)
+        try:
+            return self._core.encode(envelope)
+        except EncodingError:  # a message that cannot be encoded: send its repr
+            envelope["content"]["message"] = repr(str(exc))[:10_000]
+            envelope["_reserved"] = {}
+            return self._core.encode(envelope)
 
 
 class AsyncTaskQueue:
@@ -174,13 +188,15 @@ class AsyncTaskQueue:
         comm = self._comm
         comm._check_open()
 
-        async def handler(delivery: Delivery) -> None:
-            await comm._handle_task(self.name, subscriber, delivery)
+        async def handler(message: IncomingMessage) -> Any:
+            assert message.envelope is not None
+            return await comm._invoke(subscriber, comm.callback_comm,
+                                      _wire.request_body(message.envelope))
 
-        subscription = await comm.core.subscribe(
-            self.name, handler, prefetch_count=self.prefetch_count,
-            policy=RetryPolicy(comm.options.task_max_attempts),
-        )
+        options = HandlingOptions(RetryPolicy(comm.options.task_max_attempts), envelope=True,
+                                  replies=_EnvelopeReplies(comm, self.name))
+        subscription = await comm.core.consume(
+            self.name, handler, options, prefetch_count=self.prefetch_count)
         self._subscribers[identifier] = (subscriber, subscription)
         return identifier
 
@@ -224,10 +240,10 @@ class AsyncCommunicator:
         self._declared = False
         self._declare_lock = asyncio.Lock()
         self._default_queue: AsyncTaskQueue | None = None
-        self._rpc: dict[str, tuple[Subscriber, Consumer, str]] = {}
+        self._rpc: dict[str, tuple[Subscriber, Subscription, str]] = {}
         self._broadcast_subscribers: dict[str, Subscriber] = {}
         self._broadcast_queue: str | None = None
-        self._broadcast_consumer: Consumer | None = None
+        self._broadcast_consumer: Subscription | None = None
         self._broadcast_lock = asyncio.Lock()
         self._broadcast_order = asyncio.Lock()
         self._task_queues: list[AsyncTaskQueue] = []
@@ -271,7 +287,7 @@ class AsyncCommunicator:
         for queue in self._task_queues:
             cancels += [sub.cancel(timeout) for _, sub in queue._subscribers.values()]
             queue._subscribers.clear()
-        cancels += [consumer.cancel(timeout) for _, consumer, _ in self._rpc.values()]
+        cancels += [sub.cancel(timeout) for _, sub, _ in self._rpc.values()]
         if self._broadcast_consumer is not None:
             cancels.append(self._broadcast_consumer.cancel(timeout))
         await asyncio.gather(*cancels, return_exceptions=True)
@@ -381,28 +397,6 @@ class AsyncCommunicator:
                                         transform=self._result_value)
         return self._track(reply)
 
-    async def _handle_task(self, queue: str, subscriber: Subscriber, delivery: Delivery) -> None:
-        # Only the final failure is reported to the sender: earlier ones are retried.
-        final = _attempt(delivery) >= self.options.task_max_attempts
-        try:
-            envelope = self.core.decode_envelope(delivery)
-        except DecodingError as exc:
-            await self._reply_exception(delivery, queue, exc)
-            raise
-        try:
-            result = await self._invoke(subscriber, self.callback_comm,
-                                        _wire.request_body(envelope))
-        except asyncio.CancelledError:
-            raise
-        except Reject as exc:
-            await self._reply_exception(delivery, queue, exc)
-            raise
-        except Exception as exc:
-            if final:
-                await self._reply_exception(delivery, queue, exc)
-            raise
-        await self._reply_success(delivery, queue, result)
-
     # -- RPC --------------------------------------------------------------------------
 
     async def rpc_send(self, recipient_id: str, msg: Any) -> asyncio.Future[Any]:
@@ -482,56 +476,33 @@ class AsyncCommunicator:
         await core.declare_queue(queue, exclusive=True, auto_delete=True)
         await core.bind(queue, self.options.rpc_exchange, identifier)
 
-        async def on_request(delivery: Delivery) -> None:
-            await self._handle_rpc(identifier, subscriber, delivery)
+        async def on_request(message: IncomingMessage) -> Any:
+            assert message.envelope is not None
+            return await self._invoke(subscriber, self.callback_comm,
+                                      _wire.request_body(message.envelope))
 
+        # errors are answered to the caller (an RPC is not retried); an undecodable
+        # request is answered too and kept in <queue>.dlq for inspection
+        options = HandlingOptions(errors="answer", envelope=True,
+                                  replies=_EnvelopeReplies(self, identifier))
         try:
-            consumer = await core.transport.consume(
-                queue, on_request, prefetch_count=self.options.rpc_prefetch_count,
-            )
+            subscription = await core.consume(
+                queue, on_request, options, prefetch_count=self.options.rpc_prefetch_count)
         except BaseException:
             with contextlib.suppress(PostageError):
-                await core.transport.delete_queue(queue)
+                await core.delete_queue(queue)
             raise
-        self._rpc[identifier] = (subscriber, consumer, queue)
+        self._rpc[identifier] = (subscriber, subscription, queue)
         return identifier
 
     async def remove_rpc_subscriber(self, identifier: str | Subscriber) -> None:
         """Stop answering as ``identifier`` (requests in progress are answered first);
         later requests to it fail with Unroutable."""
         key = _find(self._rpc, identifier, lambda entry: entry[0])
-        _, consumer, queue = self._rpc.pop(key)
-        await consumer.cancel(self.options.close_timeout)
+        _, subscription, queue = self._rpc.pop(key)
+        await subscription.cancel(self.options.close_timeout)
         with contextlib.suppress(PostageError):
-            await self.core.transport.delete_queue(queue)
-
-    async def _handle_rpc(self, identifier: str, subscriber: Subscriber,
-                          delivery: Delivery) -> None:
-        try:
-            try:
-                envelope = self.core.decode_envelope(delivery)
-            except DecodingError as exc:
-                # the caller learns why at once; the request is kept for inspection
-                await self._reply_exception(delivery, identifier, exc)
-                await self.core.dead_letter(delivery, f"{self.options.rpc_exchange}."
-                                            f"{identifier}", "undecodable", str(exc))
-                return
-            try:
-                result = await self._invoke(subscriber, self.callback_comm,
-                                            _wire.request_body(envelope))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.info("RPC subscriber %r raised %s: %s", identifier, type(exc).__name__, exc)
-                await self._reply_exception(delivery, identifier, exc)
-            else:
-                await self._reply_success(delivery, identifier, result)
-        except asyncio.CancelledError:
-            await delivery.nack(requeue=True)
-            raise
-        finally:
-            if not delivery.settled:
-                await delivery.ack()
+            await self.core.delete_queue(queue)
 
     # -- broadcasts -------------------------------------------------------------------
 
@@ -582,9 +553,15 @@ class AsyncCommunicator:
         core = self.core
         await core.declare_queue(queue, exclusive=True, auto_delete=True)
         await core.bind(queue, self.options.broadcast_exchange, "#")
-        self._broadcast_consumer = await core.transport.consume(
-            queue, self._handle_broadcast, prefetch_count=self.options.broadcast_prefetch_count,
-        )
+        # Broadcasts are not retried: the queue is this communicator's own and temporary;
+        # a failing subscriber is logged and the others still get it. An undecodable one
+        # goes to one durable ``<broadcast exchange>.dlq`` (a DLQ per communicator would
+        # outlive its queue forever) and reaches no subscriber.
+        options = HandlingOptions(errors="log", envelope=True,
+                                  dead_letter_queue=f"{self.options.broadcast_exchange}.dlq")
+        self._broadcast_consumer = await core.consume(
+            queue, self._handle_broadcast, options,
+            prefetch_count=self.options.broadcast_prefetch_count)
         self._broadcast_queue = queue
 
     async def _stop_broadcasts(self) -> None:
@@ -594,28 +571,14 @@ class AsyncCommunicator:
             await consumer.cancel(self.options.close_timeout)
         if queue is not None:
             with contextlib.suppress(PostageError):
-                await self.core.transport.delete_queue(queue)
+                await self.core.delete_queue(queue)
 
-    async def _handle_broadcast(self, delivery: Delivery) -> None:
-        # Broadcasts are not retried: the queue is this communicator's own and temporary;
-        # a failing subscriber is logged and the others still get it. An undecodable one
-        # goes to ``<broadcast exchange>.dlq`` and reaches no subscriber.
+    async def _handle_broadcast(self, message: IncomingMessage) -> None:
         # One broadcast at a time (the lock is fair), so subscribers see them in order.
+        assert message.envelope is not None
+        body, sender, subject, msg_id = _wire.parse_broadcast(
+            message.envelope, message.delivery.correlation_id)
         async with self._broadcast_order:
-            await self._dispatch_broadcast(delivery)
-
-    async def _dispatch_broadcast(self, delivery: Delivery) -> None:
-        try:
-            try:
-                envelope = self.core.decode_envelope(delivery)
-            except DecodingError as exc:
-                # to one durable ``<broadcast exchange>.dlq``: the receiving queue is
-                # temporary, a DLQ per communicator would outlive it forever
-                await self.core.dead_letter(delivery, self.options.broadcast_exchange,
-                                            "undecodable", str(exc))
-                return
-            body, sender, subject, msg_id = _wire.parse_broadcast(
-                envelope, delivery.correlation_id)
             calls = []
             for identifier, subscriber in list(self._broadcast_subscribers.items()):
                 target = subscriber
@@ -631,9 +594,6 @@ class AsyncCommunicator:
                                                  msg_id))
             if calls:
                 await asyncio.gather(*calls)
-        finally:
-            if not delivery.settled:
-                await delivery.ack()
 
     async def _run_broadcast(self, identifier: str, subscriber: Subscriber, *args: Any) -> None:
         try:
@@ -655,28 +615,6 @@ class AsyncCommunicator:
                 result = await result
             else:
                 return result
-
-    async def _reply_success(self, delivery: Delivery, name: str, value: Any) -> None:
-        if not delivery.reply_to:
-            return
-        try:
-            body = self.core.encode(_wire.success_envelope(name, value, self._fingerprint))
-        except EncodingError as exc:
-            await self._reply_exception(delivery, name, exc)
-            return
-        await self.core.reply(delivery, body, self.core.properties())
-
-    async def _reply_exception(self, delivery: Delivery, name: str, exc: BaseException) -> None:
-        if not delivery.reply_to:
-            return
-        envelope = _wire.exception_envelope(name, exc, self._fingerprint)
-        try:
-            body = self.core.encode(envelope)
-        except EncodingError:  # a message that cannot be encoded: send its repr
-            envelope["content"]["message"] = repr(str(exc))[:10_000]
-            envelope["_reserved"] = {}
-            body = self.core.encode(envelope)
-        await self.core.reply(delivery, body, self.core.properties())
 
     def _result_value(self, reply: Delivery) -> Any:
         """The value of a result envelope (RemoteError etc. raised), run by the core on

@@ -149,7 +149,7 @@ class Monitor:
         self.core = core
         self.args = args
         self.watcher = PresenceWatcher(core, fingerprint=_common.fingerprint(core.settings))
-        url = core.transport.url or core.settings.urls[0]
+        url = core.url
         self.url = redact_url(url)
         self.management: Management | None = (
             None if args.no_management else Management.for_url(url, args.management_url))
@@ -171,7 +171,7 @@ class Monitor:
         result = []
         for name in names:
             try:
-                messages, consumers = await self.core.transport.queue_state(name, timeout=5.0)
+                messages, consumers = await self.core.queue_state(name, timeout=5.0)
             except NotFound:
                 continue
             before = self._previous.get(name)

@@ -1,0 +1,361 @@
+"""The inbound pipeline: the one path every received message takes, whatever API consumes it.
+
+For each delivery, in order:
+
+1. *redelivery count*: a message the broker delivers again (``redelivered``: its consumer
+   died or lost its connection before settling it, e.g. a handler that kills its process)
+   is sent back to the end of its queue with ``x-postage-redeliveries`` counted up, and
+   dead-lettered once over ``RetryPolicy.max_redeliveries``: a message that crashes its
+   consumer every time cannot block its queue forever;
+2. *checks and decoding*: the size limit, the content type and (for Postage envelopes)
+   the envelope itself; a failure dead-letters the message at once (``undecodable``);
+3. *middleware and handler*: each middleware's ``handle`` hook around the API's handler;
+4. *reply*: the handler's result, encoded by the API's :class:`Replies`, to ``reply_to``;
+5. *outcome*: ack; or, when the handler raised, what ``HandlingOptions.errors`` says:
+   ``"retry"`` (send it back, at most ``max_attempts`` deliveries, then ``<queue>.dlq``),
+   ``"answer"`` (the error is the reply; RPC), ``"log"`` (broadcasts, presence).
+   ``Reject`` dead-letters at once. The sender of a message that ends in a dead-letter
+   queue is answered with the error (when it waits for a reply).
+
+Headers carried by retried and dead-lettered messages: ``x-postage-attempts``,
+``x-postage-redeliveries``, ``x-postage-error`` (the last error), and on dead letters
+``x-postage-reason``, ``x-postage-queue`` and the original ``x-postage-exchange`` and
+``x-postage-routing-key`` (kept across retries, which go through the default exchange).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "HEADER_ATTEMPTS",
+    "HEADER_ERROR",
+    "HEADER_EXCHANGE",
+    "HEADER_QUEUE",
+    "HEADER_REASON",
+    "HEADER_REDELIVERIES",
+    "HEADER_ROUTING_KEY",
+    "HandlingOptions",
+    "Replies",
+    "RetryPolicy",
+    "Subscription",
+    "dead_letter_headers",
+]
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .._exceptions import (
+    ConfigurationError,
+    DeadLettered,
+    DecodingError,
+    EncodingError,
+    MessageTooLarge,
+    PostageError,
+    Reject,
+)
+from .._wire.encoding import Encoder
+from .._wire.envelope import decode_envelope
+from .middleware import HandleNext, IncomingMessage, chain_handle, overrides
+
+if TYPE_CHECKING:
+    from .._transport import Consumer, Delivery
+    from .core import Core
+
+log = logging.getLogger("postage.core")
+
+HEADER_ATTEMPTS = "x-postage-attempts"
+HEADER_REDELIVERIES = "x-postage-redeliveries"
+HEADER_REASON = "x-postage-reason"
+HEADER_ERROR = "x-postage-error"
+HEADER_QUEUE = "x-postage-queue"
+HEADER_EXCHANGE = "x-postage-exchange"
+HEADER_ROUTING_KEY = "x-postage-routing-key"
+MAX_ERROR = 1000
+
+Handler = Callable[[IncomingMessage], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """What happens to a message whose handler raises, or whose consumer dies on it.
+
+    It is delivered at most ``max_attempts`` times in all when its handler raises (the
+    count travels in the ``x-postage-attempts`` header, so it survives restarts and
+    reaches other consumers), then moved to ``<queue>.dlq``. A message redelivered by the
+    broker because its consumer died (or lost its connection) while handling it is counted
+    in ``x-postage-redeliveries`` and moved to ``<queue>.dlq`` after ``max_redeliveries``.
+    """
+
+    max_attempts: int = 3
+    max_redeliveries: int = 5
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigurationError("max_attempts must be at least 1")
+        if self.max_redeliveries < 0:
+            raise ConfigurationError("max_redeliveries must be 0 or more")
+
+
+class Replies(Protocol):
+    """How an API encodes what is sent to ``reply_to``: a result, or an error."""
+
+    def result(self, message: IncomingMessage, value: Any) -> bytes | None:
+        """The reply body for ``value`` (None: no reply); EncodingError if it cannot be."""
+
+    def error(self, message: IncomingMessage, exc: BaseException) -> bytes | None:
+        """The reply body telling the sender about ``exc`` (None: no reply)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HandlingOptions:
+    """How a subscription treats messages (the API's choices; defaults: raw bodies,
+    retries then ``<queue>.dlq``).
+
+    ``errors``: ``"retry"``, ``"answer"`` (reply with the error, ack) or ``"log"``.
+    ``envelope``: decode a Postage envelope (``IncomingMessage.envelope``) first.
+    ``dead_letter_queue``: where messages that cannot be handled go (default
+    ``<queue>.dlq``); ``None``: they are logged and dropped (only for no-ack consumers
+    of transient news, such as presence).
+    ``encoder``, ``max_message_size``, ``accept_content_types``: decoding rules in place of
+    the core's (the content types are added to the core's).
+    ``replies``: the API's encoding of results and errors for ``reply_to``.
+    """
+
+    policy: RetryPolicy = RetryPolicy()
+    errors: str = "retry"
+    envelope: bool = False
+    dead_letter_queue: str | None = ""
+    encoder: Encoder | None = None
+    max_message_size: int | None = None
+    accept_content_types: frozenset[str] = frozenset()
+    replies: Replies | None = None
+
+    def __post_init__(self) -> None:
+        if self.errors not in ("retry", "answer", "log"):
+            raise ConfigurationError(f"errors must be retry, answer or log: {self.errors!r}")
+
+
+def _int_header(headers: dict[str, Any], name: str) -> int:
+    try:
+        return int(headers.get(name, 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+class Subscription:
+    """A queue consumed through the inbound pipeline."""
+
+    def __init__(self, core: Core, queue: str, handler: Handler,
+                 options: HandlingOptions) -> None:
+        self.core = core
+        self.queue = queue
+        self.options = options
+        self.policy = options.policy
+        self.consumer: Consumer | None = None
+        dlq = options.dead_letter_queue
+        self.dead_letter_queue = f"{queue}.dlq" if dlq == "" else dlq
+        self._handle: HandleNext = chain_handle(core.middleware, handler)
+        self._notify_retry = [m for m in core.middleware if overrides(m, "retried")]
+        self._notify_dead = [m for m in core.middleware if overrides(m, "dead_lettered")]
+        self._max_size = (core.max_message_size if options.max_message_size is None
+                          else options.max_message_size)
+        self._accept = core.accept_content_types | options.accept_content_types
+        self._encoder = options.encoder or core.encoder
+
+    async def cancel(self, timeout: float = 10.0) -> None:
+        """Stop consuming; wait for handlers in progress (up to ``timeout``)."""
+        if self.consumer is not None:
+            await self.consumer.cancel(timeout)
+        self.core._subscriptions.discard(self)
+
+    # -- the pipeline ---------------------------------------------------------------------
+
+    async def on_delivery(self, delivery: Delivery) -> None:
+        headers = delivery.headers
+        if headers:
+            exchange = headers.get(HEADER_EXCHANGE, delivery.exchange)
+            routing_key = headers.get(HEADER_ROUTING_KEY, delivery.routing_key)
+            attempt = _int_header(headers, HEADER_ATTEMPTS) + 1
+        else:
+            exchange, routing_key, attempt = delivery.exchange, delivery.routing_key, 1
+        message = IncomingMessage(delivery, self.queue, str(exchange), str(routing_key),
+                                  attempt)
+        handling = self.core._handling
+        handling[id(delivery)] = message
+        try:
+            await self._process(message)
+        finally:
+            handling.pop(id(delivery), None)
+
+    async def _process(self, message: IncomingMessage) -> None:
+        delivery = message.delivery
+        try:
+            if delivery.redelivered and self._counts_redeliveries():
+                await self._redelivered(message)
+                return
+            self._check(message)
+            result = await self._handle(message)
+            if delivery.reply_to and self.options.replies is not None:
+                await self._reply(message, result)
+        except asyncio.CancelledError:
+            await delivery.nack(requeue=True)
+            raise
+        except Exception as exc:
+            await self._failed(message, exc)
+            return
+        if not delivery.settled:
+            await delivery.ack()
+
+    def _check(self, message: IncomingMessage) -> None:
+        body = message.delivery.body
+        if len(body) > self._max_size:
+            raise MessageTooLarge(
+                f"body of {len(body)} bytes is over the limit of {self._max_size}")
+        if self.options.envelope:
+            message.envelope = decode_envelope(
+                body, message.delivery.content_type, self._encoder,
+                max_size=self._max_size, accept=self._accept)
+
+    async def _reply(self, message: IncomingMessage, result: Any) -> None:
+        replies = self.options.replies
+        assert replies is not None
+        try:
+            body = replies.result(message, result)
+        except EncodingError as exc:
+            raise Reject(f"the handler returned a value that cannot be sent: {exc}") from None
+        if body is not None:
+            await self.core.reply(message.delivery, body, self.core.properties())
+
+    async def _answer(self, message: IncomingMessage, exc: BaseException) -> None:
+        """Tell the sender (if it waits for a reply) that its message failed for good."""
+        replies = self.options.replies
+        if replies is None or not message.delivery.reply_to:
+            return
+        try:
+            body = replies.error(message, exc)
+        except Exception:
+            log.exception("cannot encode the error reply")
+            return
+        if body is not None:
+            await self.core.reply(message.delivery, body, self.core.properties())
+
+    # -- outcomes -------------------------------------------------------------------------
+
+    async def _failed(self, message: IncomingMessage, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        mode = self.options.errors
+        if isinstance(exc, DecodingError):
+            reason, error = "undecodable", str(exc)
+        elif isinstance(exc, Reject):
+            reason, error = "rejected", str(exc)
+        elif mode == "answer":
+            log.info("handler for queue %r raised %s", self.queue, error)
+            await self._answer(message, exc)
+            await message.delivery.ack()
+            return
+        elif mode == "log":
+            log.error("handler for queue %r raised %s", self.queue, error, exc_info=exc)
+            await message.delivery.ack()
+            return
+        elif message.attempt < self.policy.max_attempts:
+            log.warning("handler for queue %r failed (attempt %d of %d): %s; retrying",
+                        self.queue, message.attempt, self.policy.max_attempts, error)
+            await self._retry(message, error)
+            return
+        else:
+            reason = "handler-failed"
+            log.error("handler for queue %r failed %d times (%s); dead-lettering",
+                      self.queue, message.attempt, error, exc_info=exc)
+        await self._answer(message, exc)
+        await self.dead_letter(message, reason, error)
+
+    def _counts_redeliveries(self) -> bool:
+        return (self.options.errors == "retry" and self.dead_letter_queue is not None
+                and not self.consumer_no_ack)
+
+    @property
+    def consumer_no_ack(self) -> bool:
+        return self.consumer is not None and self.consumer.no_ack
+
+    async def _redelivered(self, message: IncomingMessage) -> None:
+        count = _int_header(message.headers, HEADER_REDELIVERIES) + 1
+        if count > self.policy.max_redeliveries:
+            error = (f"delivered {count} times without its handler finishing (its consumer "
+                     "died or lost its connection while handling it)")
+            log.error("message of queue %r %s; dead-lettering", self.queue, error)
+            await self._answer(message, DeadLettered(
+                f"moved to {self.dead_letter_queue!r}: {error}"))
+            await self.dead_letter(message, "redelivered", error)
+            return
+        await self._send_back(message, {HEADER_REDELIVERIES: count})
+
+    async def _retry(self, message: IncomingMessage, error: str) -> None:
+        await self._send_back(message, {HEADER_ATTEMPTS: message.attempt,
+                                        HEADER_ERROR: error[:MAX_ERROR]})
+        for mw in self._notify_retry:
+            try:
+                await mw.retried(message, error)
+            except Exception:
+                log.exception("middleware %r failed in retried()", mw)
+
+    async def _send_back(self, message: IncomingMessage, counts: dict[str, Any]) -> None:
+        """Publish the message again at the end of its queue with ``counts`` in its
+        headers (and where it was first sent), then ack this delivery."""
+        delivery = message.delivery
+        props = delivery.properties
+        headers = dict(props.headers or {})
+        headers.setdefault(HEADER_EXCHANGE, delivery.exchange)
+        headers.setdefault(HEADER_ROUTING_KEY, delivery.routing_key)
+        headers.update(counts)
+        try:
+            await self.core.transport.publish(
+                "", self.queue, delivery.body, replace(props, headers=headers),
+                mandatory=True)
+        except PostageError as perr:
+            log.error("cannot send a message back to %r (%s); the broker redelivers it",
+                      self.queue, perr)
+            await asyncio.sleep(0.5)
+            await delivery.nack(requeue=True)
+            return
+        await delivery.ack()
+
+    async def dead_letter(self, message: IncomingMessage, reason: str, error: str) -> None:
+        """Move the message to the dead-letter queue with why in its headers, then ack."""
+        delivery = message.delivery
+        dlq = self.dead_letter_queue
+        if dlq is None:
+            log.warning("message of queue %r dropped (%s): %s", self.queue, reason, error)
+            await delivery.ack()
+            return
+        moved = await self.core.move_to_dead_letters(
+            delivery, self.queue, dlq, reason, error,
+            exchange=message.exchange, routing_key=message.routing_key,
+            attempts=message.attempt)
+        if not moved:
+            return
+        for mw in self._notify_dead:
+            try:
+                await mw.dead_lettered(message, reason, error)
+            except Exception:
+                log.exception("middleware %r failed in dead_lettered()", mw)
+
+
+def dead_letter_headers(
+    delivery: Delivery, queue: str, reason: str, error: str, *, exchange: str,
+    routing_key: str, attempts: int | None,
+) -> dict[str, Any]:
+    """The headers of a dead letter: the message's own plus why and where from."""
+    headers = dict(delivery.properties.headers or {})
+    headers.update({
+        HEADER_REASON: reason,
+        HEADER_ERROR: error[:MAX_ERROR],
+        HEADER_QUEUE: queue,
+        HEADER_EXCHANGE: exchange,
+        HEADER_ROUTING_KEY: routing_key,
+    })
+    if attempts is not None:
+        headers[HEADER_ATTEMPTS] = attempts
+    return headers
+
