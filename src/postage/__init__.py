@@ -14,6 +14,7 @@ from ._api.communicator import BroadcastFilter, Communicator, TaskQueue, connect
 from ._api.gather import GatherReply
 from ._api.presence import ComponentState, PresenceWatcher
 from ._core.core import RetryPolicy
+from ._core.middleware import IncomingMessage, Middleware, OutgoingMessage
 from ._exceptions import (
     AccessRefused,
     AuthenticationError,
@@ -67,9 +68,12 @@ __all__ = [
     "EncodingError",
     "Fingerprint",
     "GatherReply",
+    "IncomingMessage",
     "JsonEncoder",
     "MessageTooLarge",
+    "Middleware",
     "NotFound",
+    "OutgoingMessage",
     "PostageError",
     "PreconditionFailed",
     "PresenceWatcher",

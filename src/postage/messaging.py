@@ -38,6 +38,7 @@ __all__ = [
     "RpcCommand",
     "RpcHandler",
     "global_vhost",  # noqa: F822 - computed on access by __getattr__
+    "set_middleware",
 ]
 
 from typing import Any
@@ -64,8 +65,15 @@ from ._api.classic.processor import (
 )
 from ._api.classic.producer import GenericProducer
 from ._core.core import RetryPolicy
+from ._core.middleware import Middleware
 from ._wire.encoding import Encoder, JsonEncoder
 from ._wire.fingerprint import Fingerprint
+
+
+def set_middleware(middleware: list[Middleware] | tuple[Middleware, ...]) -> None:
+    """Install :class:`postage.Middleware` objects on the connections that classic
+    producers and processors open from now on (first one outermost)."""
+    _runtime.set_middleware(middleware)
 
 
 def __getattr__(name: str) -> Any:

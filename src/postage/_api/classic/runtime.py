@@ -16,6 +16,7 @@ __all__ = [
     "debug_mode",
     "global_vhost",
     "portal",
+    "set_middleware",
     "shared_core",
 ]
 
@@ -32,6 +33,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from ..._blocking.portal import BlockingPortal, default_portal
 from ..._core.core import Core, open_core
+from ..._core.middleware import Middleware, check_middleware
 from ..._exceptions import ConfigurationError
 from ..._settings import split_urls, url_from_environment
 
@@ -44,6 +46,7 @@ _cores: dict[str, Core] = {}
 _lock = threading.Lock()
 _atexit_registered = False
 _debug_configured = False
+_middleware: tuple[Middleware, ...] = ()
 
 Hup = Mapping[str, Any] | Sequence[Any]
 
@@ -111,6 +114,13 @@ def configure_debug() -> None:
     logging.getLogger("postage.messaging").debug("global_vhost set to %s", global_vhost())
 
 
+def set_middleware(middleware: Sequence[Middleware]) -> None:
+    """Install ``middleware`` on the connections classic objects open from now on (call
+    it before creating producers and processors; connections already open keep theirs)."""
+    global _middleware
+    _middleware = check_middleware(middleware)
+
+
 def portal() -> BlockingPortal:
     return default_portal()
 
@@ -124,7 +134,8 @@ def shared_core(hup: Hup | None = None, vhost: str | None = None) -> Core:
         core = _cores.get(url)
         if core is not None and not core.closed:
             return core
-        core = portal().call(functools.partial(open_core, url), timeout=OPEN_TIMEOUT)
+        core = portal().call(functools.partial(open_core, url, middleware=_middleware),
+                             timeout=OPEN_TIMEOUT)
         _cores[url] = core
         if not _atexit_registered:
             atexit.register(close_all)

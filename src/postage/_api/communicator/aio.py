@@ -67,6 +67,9 @@ class CommunicatorOptions:
     ``task_prefetch_count``: tasks one task subscriber may hold at once (1: fair dispatch).
     ``task_max_attempts``: deliveries of a task whose subscriber raises before it is moved
     to ``<queue>.dlq`` (only the final failure is reported to the sender).
+    ``task_max_redeliveries``: redeliveries of a task whose subscriber's process died (or
+    lost its connection) while handling it, before it is moved to ``<queue>.dlq``; its
+    sender then gets a RemoteError of type ``DeadLettered`` naming that queue.
     ``rpc_prefetch_count``: RPC requests one subscriber handles concurrently.
     ``broadcast_prefetch_count``: broadcasts fetched ahead (they are handed to the
     subscribers one at a time, in order).
@@ -82,6 +85,7 @@ class CommunicatorOptions:
     task_timeout: float | None = 3600.0
     task_prefetch_count: int = 1
     task_max_attempts: int = 3
+    task_max_redeliveries: int = 5
     rpc_prefetch_count: int = 32
     broadcast_prefetch_count: int = 64
     task_exchange: str = "postage.tasks"
@@ -193,7 +197,8 @@ class AsyncTaskQueue:
             return await comm._invoke(subscriber, comm.callback_comm,
                                       _wire.request_body(message.envelope))
 
-        options = HandlingOptions(RetryPolicy(comm.options.task_max_attempts), envelope=True,
+        policy = RetryPolicy(comm.options.task_max_attempts, comm.options.task_max_redeliveries)
+        options = HandlingOptions(policy, envelope=True,
                                   replies=_EnvelopeReplies(comm, self.name))
         subscription = await comm.core.consume(
             self.name, handler, options, prefetch_count=self.prefetch_count)
