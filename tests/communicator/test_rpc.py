@@ -164,6 +164,23 @@ def test_blocking_subscriber_may_call_the_communicator(broker_url: str, names: N
         assert comm.rpc_send(outer, 1).result(10) == 20
 
 
+def test_forty_concurrent_nested_calls_do_not_starve(broker_url: str, names: Names) -> None:
+    """Each of 40 concurrent requests makes a blocking RPC to another subscriber of the same
+    communicator from its worker thread: the worker pool grows instead of starving."""
+    with postage.connect(broker_url) as comm:
+        inner, outer = names.identifier("inner"), names.identifier("outer")
+
+        def slow_inner(_c: Any, b: int) -> int:
+            time.sleep(0.2)
+            return b + 1
+
+        comm.add_rpc_subscriber(slow_inner, inner)
+        comm.add_rpc_subscriber(lambda c, b: c.rpc_send(inner, b).result(20) * 10, outer)
+        futures = [comm.rpc_send(outer, i) for i in range(40)]
+        results = [f.result(30) for f in futures]
+    assert results == [(i + 1) * 10 for i in range(40)]
+
+
 async def test_one_server_per_identifier(comm: Comm, comm2: Comm, names: Names) -> None:
     """RPC queues are exclusive: a second communicator cannot serve the same identifier."""
     ident = names.identifier()

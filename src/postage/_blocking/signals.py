@@ -5,7 +5,8 @@ Postage never installs a signal handler at import time or behind the program's b
 asks for it (``MicroScheduler.main()``, ``Communicator.run_until_signal()``): while it is
 active, the chosen signals set an event instead of killing the process, so the loop can
 stop consuming, let running handlers finish, settle their messages, wait for confirms and
-close; on exit the previous handlers come back. Outside the main thread (where Python
+close; a second signal raises KeyboardInterrupt (stop waiting); on exit the previous
+handlers come back. Outside the main thread (where Python
 cannot install handlers) it does nothing.
 """
 
@@ -44,8 +45,11 @@ class SignalCatcher:
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.caught.is_set():
-            log.warning("signal %s again: already shutting down", signal.Signals(signum).name)
-            return
+            # a second signal while draining: stop waiting for handlers (the connection
+            # closes with a short deadline, unsettled messages go back to their queues)
+            log.warning("signal %s again: exiting without waiting for handlers",
+                        signal.Signals(signum).name)
+            raise KeyboardInterrupt
         self.signum = signum
         self.caught.set()
         log.info("signal %s: shutting down gracefully", signal.Signals(signum).name)
