@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from postage import messaging
+from postage import DeliveryTimeout, messaging
 from postage._api.communicator import open_communicator
 from postage._core.core import HEADER_REASON, HEADER_REDELIVERIES, open_core
 from tests.conftest import Broker
@@ -250,6 +250,55 @@ async def test_async_client_receive_holds_a_bounded_number_of_messages(
         assert handled > 0
         assert rss_mib < 80
     finally:
+        for name in (queue, f"{queue}.dlq"):
+            await core.delete_queue(name)
+        await core.close(2)
+
+
+async def test_a_memory_alarm_fails_each_send_at_its_deadline_and_says_why(
+    fault_broker: Broker, figures_log: list[Figures]
+) -> None:
+    """Under a broker alarm (``connection.blocked``) each send fails at its own
+    ``publish_timeout`` with an error naming the alarm; once it lifts, the first RPC works
+    (a reply consumer started late is not started twice)."""
+    url = fault_broker.url
+    queue = f"fault.alarm.{uuid.uuid4().hex[:8]}"
+    ident = f"fault.alarm.{uuid.uuid4().hex[:8]}"
+    server = await open_communicator(url)
+    comm = await open_communicator(url, publish_timeout=2.0)
+    fig = Figures("memory alarm", "communicator")
+    try:
+        await server.add_rpc_subscriber(lambda _c, n: n + 1, ident)
+        tasks = await comm.task_queue(queue)
+        await asyncio.to_thread(fault_broker.ctl, "set_vm_memory_high_watermark", "0")
+        try:
+            started = time.monotonic()
+            with pytest.raises(DeliveryTimeout) as sent:
+                await tasks.task_send(1, no_reply=True)
+            send_s = time.monotonic() - started
+            started = time.monotonic()
+            with pytest.raises(DeliveryTimeout) as called:
+                await comm.rpc_send(ident, 1)
+            rpc_s = time.monotonic() - started
+        finally:
+            await asyncio.to_thread(fault_broker.ctl, "set_vm_memory_high_watermark", "0.4")
+        deadline = time.monotonic() + 20
+        while comm.core.transport.blocked_reason is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        after = await asyncio.wait_for(await comm.rpc_send(ident, 1), 20)
+        fig.seconds = send_s
+        fig.notes = (f"task_send failed in {send_s:.1f} s, rpc_send in {rpc_s:.1f} s "
+                     f"(publish_timeout 2 s): {sent.value}; first RPC after: {after}")
+        figures_log.append(fig)
+        print("\n" + fig.line())
+        for error in (sent.value, called.value):
+            assert "blocked" in str(error) and "memory" in str(error), error
+        assert 1.5 < send_s < 4.5 and 1.5 < rpc_s < 4.5
+        assert after == 2
+    finally:
+        await comm.close(5)
+        await server.close(5)
+        core = await open_core(url)
         for name in (queue, f"{queue}.dlq"):
             await core.delete_queue(name)
         await core.close(2)

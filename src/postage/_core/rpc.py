@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .._exceptions import ConfigurationError, RpcBacklogFull, RpcTimeout
+from .._exceptions import ConfigurationError, DeliveryTimeout, RpcBacklogFull, RpcTimeout
 from .._transport import DIRECT_REPLY_TO, Delivery
 from .._wire.properties import Properties
 
@@ -73,7 +73,7 @@ class RpcClient:
         self._cid_prefix = os.urandom(6).hex()
         self._cid_counter = itertools.count(1)
         self._replies_started = False
-        self._reply_lock = asyncio.Lock()
+        self._replies_task: asyncio.Future[None] | None = None
 
     def fail_all(self, error: Exception, only_sent: bool = False) -> None:
         """Fail the pending calls (those already sent, with ``only_sent``)."""
@@ -96,10 +96,23 @@ class RpcClient:
         return len(self._pending)
 
     async def _start_replies(self) -> None:
-        async with self._reply_lock:
-            if not self._replies_started:
-                await self._core.transport.consume_replies(self._on_reply)
-                self._replies_started = True
+        """Start consuming direct reply-to, once. The start runs in a task of its own,
+        which a caller running out of time does not cancel: a consume the broker receives
+        late (e.g. after a memory alarm held every frame) must not be sent twice."""
+        task = self._replies_task
+        if task is None or (task.done() and task.exception() is not None):
+            task = self._replies_task = asyncio.ensure_future(
+                self._core.transport.consume_replies(self._on_reply))
+        try:
+            await asyncio.wait_for(asyncio.shield(task),
+                                   self._core.settings.publish_timeout)
+        except TimeoutError:
+            raise DeliveryTimeout((self._core.transport.blocked_reason and (
+                "the broker blocked this connection "
+                f"({self._core.transport.blocked_reason}: a memory or disk alarm): "
+                "cannot start receiving RPC replies")) or
+                "the broker did not start the RPC reply consumer in time") from None
+        self._replies_started = True
 
     async def _on_reply(self, delivery: Delivery) -> None:
         cid = delivery.correlation_id

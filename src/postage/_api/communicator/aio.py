@@ -74,7 +74,8 @@ class CommunicatorOptions:
     ``broadcast_prefetch_count``: broadcasts fetched ahead (they are handed to the
     subscribers one at a time, in order).
     ``name``: the communicator's name in the fingerprint of the messages it sends.
-    ``operation_timeout``: deadline of each blocking call (publish, subscribe...).
+    ``operation_timeout``: deadline of each blocking call (subscribe, declare...); a send
+    waits for its confirm at most the connection's ``publish_timeout`` (30 s by default).
     ``close_timeout``: how long closing waits for handlers and confirms.
     ``task_quorum``: declare task queues as replicated quorum queues (they survive the
     loss of a cluster node), with ``task_delivery_limit`` as the broker's own poison
@@ -393,8 +394,8 @@ class AsyncCommunicator:
         props = self.core.properties(delivery_mode=PERSISTENT)
         exchange = self.options.task_exchange
         if no_reply:
-            await self.core.publish(exchange, queue, body, props, mandatory=True,
-                                    timeout=self.options.operation_timeout)
+            # the connection's publish_timeout bounds the wait for the confirm
+            await self.core.publish(exchange, queue, body, props, mandatory=True)
             return None
         timeout = self.options.task_timeout
         reply = await self.core.request(exchange, queue, body, props,
@@ -524,7 +525,6 @@ class AsyncCommunicator:
         await self.core.publish(
             self.options.broadcast_exchange, subject if isinstance(subject, str) else "",
             self.core.encode(envelope), props, mandatory=False,
-            timeout=self.options.operation_timeout,
         )
         return True
 

@@ -52,6 +52,7 @@ from ..._wire.properties import Binding, ExchangeSpec, Properties, QueueSpec
 from ..base import DIRECT_REPLY_TO, Consumer, DeliveryCallback, Transport
 from .consumer import AmqpConsumer, AmqpDelivery, to_amqp
 from .errors import is_link_failure, translate_error
+from .flow import watch_flow
 
 log = logging.getLogger("postage.transport")
 T = TypeVar("T")
@@ -240,25 +241,40 @@ class AmqpTransport(Transport):
         context = self._ssl_context() if sp.scheme == "amqps" else None
         properties = {"product": "postage", **dict(self.settings.client_properties)}
         try:
-            return await aiormq.connect(client_url, context=context, client_properties=properties)
+            connection = await aiormq.connect(client_url, context=context,
+                                              client_properties=properties)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            error = translate_error(exc)
-            where = f"{sp.hostname}:{sp.port or (5671 if sp.scheme == 'amqps' else 5672)}"
-            user = unquote(sp.username or "guest")
-            if isinstance(error, AuthenticationError):
-                raise AuthenticationError(
-                    f"the broker at {where} refused user {user!r}: wrong user name or "
-                    "password (ACCESS_REFUSED)"
-                ) from None
-            if isinstance(error, VhostNotFound):
-                vhost = unquote(sp.path[1:]) if len(sp.path) > 1 else "/"
-                raise VhostNotFound(
-                    f"the broker at {where} refused virtual host {vhost!r} for user {user!r}: "
-                    "it does not exist or the user has no permission on it"
-                ) from None
-            raise ConnectionError(f"{redact_url(url)}: {error}") from None
+            raise self._connect_error(url, exc) from None
+        self._set_blocked(None)
+        watch_flow(connection, self._on_flow)
+        return connection
+
+    def _on_flow(self, reason: str | None) -> None:
+        if reason is None:
+            log.warning("the broker unblocked the connection")
+        else:
+            log.warning("the broker blocked the connection: %s (sends wait until it lifts "
+                        "or their deadline passes)", reason)
+        self._set_blocked(reason)
+
+    @staticmethod
+    def _connect_error(url: str, exc: BaseException) -> PostageError:
+        sp = urlsplit(url)
+        error = translate_error(exc)
+        where = f"{sp.hostname}:{sp.port or (5671 if sp.scheme == 'amqps' else 5672)}"
+        user = unquote(sp.username or "guest")
+        if isinstance(error, AuthenticationError):
+            return AuthenticationError(
+                f"the broker at {where} refused user {user!r}: wrong user name or "
+                "password (ACCESS_REFUSED)")
+        if isinstance(error, VhostNotFound):
+            vhost = unquote(sp.path[1:]) if len(sp.path) > 1 else "/"
+            return VhostNotFound(
+                f"the broker at {where} refused virtual host {vhost!r} for user {user!r}: "
+                "it does not exist or the user has no permission on it")
+        return ConnectionError(f"{redact_url(url)}: {error}")
 
     def _ssl_context(self) -> ssl.SSLContext:
         tls = self.settings.tls
@@ -517,12 +533,22 @@ class AmqpTransport(Transport):
             )
         except asyncio.CancelledError:
             if self._deadlines.expired(task):
-                raise DeliveryTimeout(
-                    f"no confirm for a message to {exchange!r}/{routing_key!r} in time"
-                ) from None
+                raise self._send_timeout(exchange, routing_key, "no confirm") from None
             raise
+        except DeliveryTimeout:
+            if self.blocked_reason is None:
+                raise
+            raise self._send_timeout(exchange, routing_key, "no confirm") from None
         finally:
             self._deadlines.remove(task, slot)  # (also forgets an expiry it did not see)
+
+    def _send_timeout(self, exchange: str, routing_key: str, what: str) -> DeliveryTimeout:
+        where = f"a message to {exchange!r}/{routing_key!r}"
+        if self.blocked_reason is not None:
+            return DeliveryTimeout(
+                f"the broker blocked this connection ({self.blocked_reason}: a memory or "
+                f"disk alarm): {where} could not be sent in time")
+        return DeliveryTimeout(f"{what} for {where} in time")
 
     async def _publish(
         self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], deadline: float,
