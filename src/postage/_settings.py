@@ -91,40 +91,48 @@ class ConnectionSettings:
 
 def split_urls(url: str | Sequence[str]) -> tuple[str, ...]:
     """One URL per broker node, each complete."""
-    parts: list[str] = []
     items = [url] if isinstance(url, str) else list(url)
     if not items:
         raise ConfigurationError("no broker URL given")
+    parts: list[str] = []
     for item in items:
         if not isinstance(item, str):
             raise ConfigurationError(f"broker URL must be a string, not {type(item).__name__}")
         for piece in (p.strip() for p in item.split(",")):
-            if not piece:
-                continue
-            if "://" in piece:
-                parts.append(piece)
-            elif parts:  # another host of the previous URL: reuse its scheme, user and path
-                prev = urlsplit(parts[-1])
-                userinfo = prev.netloc.rpartition("@")[0]
-                host, slash, rest = piece.partition("/")
-                netloc = f"{userinfo}@{host}" if userinfo else host
-                prev_tail = prev.path + (f"?{prev.query}" if prev.query else "")
-                tail = slash + rest if slash else prev_tail
-                parts.append(f"{prev.scheme}://{netloc}{tail}")
-            else:
-                raise ConfigurationError(f"not a broker URL: {piece!r}")
-    # "amqp://u:p@h1:1,h2:2/vh" split at the comma leaves the path on the last host only
+            if piece:
+                parts.append(_complete(piece, parts[-1] if parts else None))
     if len(parts) > 1:
-        last = urlsplit(parts[-1])
-        tail = last.path + (f"?{last.query}" if last.query else "")
-        fixed = []
-        for part in parts:
-            sp = urlsplit(part)
-            fixed.append(part if sp.path or sp.query else f"{sp.scheme}://{sp.netloc}{tail}")
-        parts = fixed
+        parts = _share_path(parts)
     for part in parts:
         _check_url(part)
     return tuple(parts)
+
+
+def _complete(piece: str, previous: str | None) -> str:
+    """``piece`` as a full URL; a bare host takes the previous URL's scheme, user, path."""
+    if "://" in piece:
+        return piece
+    if previous is None:
+        raise ConfigurationError(f"not a broker URL: {piece!r}")
+    prev = urlsplit(previous)
+    userinfo = prev.netloc.rpartition("@")[0]
+    host, slash, rest = piece.partition("/")
+    netloc = f"{userinfo}@{host}" if userinfo else host
+    prev_tail = prev.path + (f"?{prev.query}" if prev.query else "")
+    tail = slash + rest if slash else prev_tail
+    return f"{prev.scheme}://{netloc}{tail}"
+
+
+def _share_path(parts: list[str]) -> list[str]:
+    """"amqp://u:p@h1:1,h2:2/vh" split at the comma leaves the path on the last host only:
+    give it to the others."""
+    last = urlsplit(parts[-1])
+    tail = last.path + (f"?{last.query}" if last.query else "")
+    fixed = []
+    for part in parts:
+        sp = urlsplit(part)
+        fixed.append(part if sp.path or sp.query else f"{sp.scheme}://{sp.netloc}{tail}")
+    return fixed
 
 
 def _check_url(url: str) -> None:

@@ -77,34 +77,15 @@ def validate_envelope(obj: Any) -> dict[str, Any]:
     """Check that ``obj`` is a v2 envelope and return it; raise DecodingError if not."""
     if not isinstance(obj, dict):
         raise DecodingError(f"envelope must be an object, not {type(obj).__name__}")
-    version = obj.get("version")
-    if version != VERSION:
-        if version is None:
-            raise DecodingError("envelope has no 'version'")
-        raise UnsupportedVersion(f"envelope version {version!r} is not supported (want '2')")
-    missing = [key for key in REQUIRED_KEYS if key not in obj]
-    if missing:
-        raise DecodingError(f"envelope lacks {', '.join(missing)}")
-    if len(obj) > len(ENVELOPE_KEYS) or not ENVELOPE_KEYS.issuperset(obj):
-        extra = sorted(str(key) for key in obj if key not in ENVELOPE_KEYS)
-        if extra:
-            raise DecodingError(f"envelope has unknown keys: {', '.join(extra)}")
-    if not isinstance(obj["type"], str) or not obj["type"]:
-        raise DecodingError("envelope 'type' must be a non-empty string")
-    if not isinstance(obj["name"], str):
-        raise DecodingError("envelope 'name' must be a string")
-    if obj["category"] not in CATEGORIES:
-        raise DecodingError(f"envelope 'category' must be message or rpc, not {obj['category']!r}")
-    fingerprint = obj.setdefault("fingerprint", {})
-    if fingerprint is None:
-        obj["fingerprint"] = {}
-    elif not isinstance(fingerprint, dict):
-        raise DecodingError("envelope 'fingerprint' must be an object")
-    reserved = obj.setdefault("_reserved", {})
-    if reserved is None:
-        obj["_reserved"] = {}
-    elif not isinstance(reserved, dict):
-        raise DecodingError("envelope '_reserved' must be an object")
+    _check_version(obj)
+    _check_keys(obj)
+    _check_fields(obj)
+    for key in ("fingerprint", "_reserved"):
+        value = obj.setdefault(key, {})
+        if value is None:
+            obj[key] = {}
+        elif not isinstance(value, dict):
+            raise DecodingError(f"envelope {key!r} must be an object")
     if obj["type"] == "result":
         content = obj["content"]
         if not isinstance(content, dict) or content.get("type") not in RESULT_KINDS:
@@ -112,6 +93,33 @@ def validate_envelope(obj: Any) -> dict[str, Any]:
                 "result content must be an object with type success/error/exception"
             )
     return obj
+
+
+def _check_version(obj: dict[str, Any]) -> None:
+    version = obj.get("version")
+    if version != VERSION:
+        if version is None:
+            raise DecodingError("envelope has no 'version'")
+        raise UnsupportedVersion(f"envelope version {version!r} is not supported (want '2')")
+
+
+def _check_keys(obj: dict[str, Any]) -> None:
+    missing = [key for key in REQUIRED_KEYS if key not in obj]
+    if missing:
+        raise DecodingError(f"envelope lacks {', '.join(missing)}")
+    if len(obj) > len(ENVELOPE_KEYS) or not ENVELOPE_KEYS.issuperset(obj):
+        extra = sorted(str(key) for key in obj if key not in ENVELOPE_KEYS)
+        if extra:
+            raise DecodingError(f"envelope has unknown keys: {', '.join(extra)}")
+
+
+def _check_fields(obj: dict[str, Any]) -> None:
+    if not isinstance(obj["type"], str) or not obj["type"]:
+        raise DecodingError("envelope 'type' must be a non-empty string")
+    if not isinstance(obj["name"], str):
+        raise DecodingError("envelope 'name' must be a string")
+    if obj["category"] not in CATEGORIES:
+        raise DecodingError(f"envelope 'category' must be message or rpc, not {obj['category']!r}")
 
 
 def encode_envelope(envelope: Mapping[str, Any], encoder: Encoder = default_encoder) -> bytes:

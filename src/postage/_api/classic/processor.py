@@ -459,19 +459,9 @@ class MessageProcessor(MicroThread):
                       reply: _Reply | None) -> BaseException | None:
         first_error: BaseException | None = None
         for obj, spec in handlers:
-            data: Any = body
-            filters = vars(obj).get("_postage_filters", ())
-            if filters:
-                data = copy.deepcopy(body)
-                try:
-                    for message_filter in filters:
-                        result = message_filter(data)
-                        if isinstance(result, dict):
-                            data = result
-                except Exception as exc:
-                    log.info("filter of %s discarded a %r message: %r",
-                             getattr(obj, "__name__", obj), body["name"], exc)
-                    continue
+            data = _filtered(obj, body)
+            if data is None:
+                continue
             argument = data if spec.full_body else data["content"]
             reply_func = reply if spec.category == "rpc" else None
             try:
@@ -484,16 +474,37 @@ class MessageProcessor(MicroThread):
             except Exception as exc:
                 log.exception("handler %s failed on a %r message",
                               getattr(obj, "__name__", obj), body["name"])
-                if first_error is None:
-                    first_error = exc
+                first_error = first_error or exc
                 if reply is not None and not reply.sent:
-                    answer = MessageResultException(type(exc).__name__, str(exc))
-                    answer.body["_reserved"]["traceback"] = traceback.format_exc()
-                    try:
-                        reply(answer)
-                    except Exception:
-                        log.exception("cannot send the exception reply")
+                    _answer_exception(reply, exc)
         return first_error
+
+
+def _filtered(obj: Any, body: dict[str, Any]) -> dict[str, Any] | None:
+    """What the handler ``obj`` gets after its filters (a copy), None if one discards it."""
+    filters = vars(obj).get("_postage_filters", ())
+    if not filters:
+        return body
+    data = copy.deepcopy(body)
+    try:
+        for message_filter in filters:
+            result = message_filter(data)
+            if isinstance(result, dict):
+                data = result
+    except Exception as exc:
+        log.info("filter of %s discarded a %r message: %r",
+                 getattr(obj, "__name__", obj), body["name"], exc)
+        return None
+    return data
+
+
+def _answer_exception(reply: _Reply, exc: Exception) -> None:
+    answer = MessageResultException(type(exc).__name__, str(exc))
+    answer.body["_reserved"]["traceback"] = traceback.format_exc()
+    try:
+        reply(answer)
+    except Exception:
+        log.exception("cannot send the exception reply")
 
 
 MessageProcessor._message_handlers = _collect(MessageProcessor, {})

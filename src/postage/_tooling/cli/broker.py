@@ -96,16 +96,40 @@ def _check_port(what: str, port: int) -> None:
 def run_start(args: argparse.Namespace) -> int:
     directory: Path = args.dir.absolute()
     nodes = read_state(directory)
-    if nodes:
-        running = [n.is_running() for n in nodes]
-        if all(running):
-            print("\n".join(_urls(nodes)))
-            return 0
-        if any(running):
+    if nodes and _already_running(nodes, directory, args.dir):
+        print("\n".join(_urls(nodes)))
+        return 0
+    cluster = _plan_cluster(args, directory)
+    for node in cluster.nodes:  # throwaway nodes: every start is a fresh one
+        if node.is_running():
             raise LocalBrokerError(
-                f"only some nodes of {directory} are running; "
-                f"run 'postage broker stop --dir {args.dir}' first"
+                f"a node named {node.node_name} is already running (from another --dir?); "
+                "choose another --port"
             )
+        node.wipe()
+    write_state(directory, cluster.nodes, cluster=len(cluster.nodes) > 1)
+    try:
+        cluster.start(timeout=args.timeout)
+    except BaseException:
+        remove_state(directory)
+        raise
+    print("\n".join(_urls(cluster.nodes)))
+    return 0
+
+
+def _already_running(nodes: list[LocalNode], directory: Path, given: Path) -> bool:
+    running = [n.is_running() for n in nodes]
+    if all(running):
+        return True
+    if any(running):
+        raise LocalBrokerError(
+            f"only some nodes of {directory} are running; "
+            f"run 'postage broker stop --dir {given}' first"
+        )
+    return False
+
+
+def _plan_cluster(args: argparse.Namespace, directory: Path) -> LocalCluster:
     size: int = args.nodes
     if size < 1:
         raise LocalBrokerError("--nodes must be at least 1")
@@ -136,21 +160,7 @@ def run_start(args: argparse.Namespace) -> int:
                 plugins=only.plugins,
             )
         ]
-    for node in cluster.nodes:  # throwaway nodes: every start is a fresh one
-        if node.is_running():
-            raise LocalBrokerError(
-                f"a node named {node.node_name} is already running (from another --dir?); "
-                "choose another --port"
-            )
-        node.wipe()
-    write_state(directory, cluster.nodes, cluster=size > 1)
-    try:
-        cluster.start(timeout=args.timeout)
-    except BaseException:
-        remove_state(directory)
-        raise
-    print("\n".join(_urls(cluster.nodes)))
-    return 0
+    return cluster
 
 
 def run_stop(args: argparse.Namespace) -> int:

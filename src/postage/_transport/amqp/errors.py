@@ -21,28 +21,53 @@ from ..._exceptions import (
     VhostNotFound,
 )
 
+# channel-level refusals: (client error class, Postage error class, reply code)
+_CHANNEL_ERRORS: tuple[tuple[type[BaseException], type[ChannelError], int], ...] = (
+    (amqp_errors.ChannelAccessRefused, AccessRefused, 403),
+    (amqp_errors.ChannelNotFoundEntity, NotFound, 404),
+    (amqp_errors.ChannelPreconditionFailed, PreconditionFailed, 406),
+    (amqp_errors.ChannelLockedResource, ChannelError, 405),
+)
+
 
 def translate_error(exc: BaseException) -> PostageError:
     """A Postage error for an exception of the AMQP client or the network."""
     if isinstance(exc, PostageError):
         return exc
-    if isinstance(exc, amqp_errors.ChannelAccessRefused):
-        return AccessRefused(_reply_text(exc), 403)
-    if isinstance(exc, amqp_errors.ChannelNotFoundEntity):
-        return NotFound(_reply_text(exc), 404)
-    if isinstance(exc, amqp_errors.ChannelPreconditionFailed):
-        return PreconditionFailed(_reply_text(exc), 406)
-    if isinstance(exc, amqp_errors.ChannelLockedResource):
-        return ChannelError(_reply_text(exc), 405)
-    if isinstance(exc, amqp_errors.ChannelClosed):
-        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
-        return ChannelError(_reply_text(exc), code)
+    for translate in (_channel_error, _refusal, _tls_error):
+        error = translate(exc)
+        if error is not None:
+            return error
+    if isinstance(exc, asyncio.TimeoutError):
+        return DeliveryTimeout("the broker did not answer in time")
+    return ConnectionError(f"connection to the broker failed: {_reply_text(exc)}")
+
+
+def _refusal(exc: BaseException) -> PostageError | None:
+    """The broker refused the connection: user, password or virtual host."""
     if isinstance(exc, amqp_errors.AuthenticationError | amqp_errors.ProbableAuthenticationError):
         return AuthenticationError(
             "the broker refused the user name or password (ACCESS_REFUSED)"
         )
     if isinstance(exc, amqp_errors.ConnectionNotAllowed):
         return VhostNotFound(f"the broker does not allow this virtual host: {_reply_text(exc)}")
+    if isinstance(exc, amqp_errors.InvalidFrameError) and "Connection.Close" in str(exc):
+        # aiormq reports a refused Connection.Open as an unexpected frame
+        return VhostNotFound("the broker refused to open the virtual host")
+    return None
+
+
+def _channel_error(exc: BaseException) -> ChannelError | None:
+    if not isinstance(exc, amqp_errors.ChannelClosed):
+        return None
+    for client_error, error, code in _CHANNEL_ERRORS:
+        if isinstance(exc, client_error):
+            return error(_reply_text(exc), code)
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+    return ChannelError(_reply_text(exc), code)
+
+
+def _tls_error(exc: BaseException) -> ConnectionError | None:
     tls_error = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
     if isinstance(tls_error, ssl.SSLCertVerificationError):  # aiormq wraps OSErrors
         return ConnectionError(
@@ -50,12 +75,7 @@ def translate_error(exc: BaseException) -> PostageError:
         )
     if isinstance(tls_error, ssl.SSLError):
         return ConnectionError(f"TLS handshake failed: {tls_error.reason or tls_error}")
-    if isinstance(exc, amqp_errors.InvalidFrameError) and "Connection.Close" in str(exc):
-        # aiormq reports a refused Connection.Open as an unexpected frame
-        return VhostNotFound("the broker refused to open the virtual host")
-    if isinstance(exc, asyncio.TimeoutError):
-        return DeliveryTimeout("the broker did not answer in time")
-    return ConnectionError(f"connection to the broker failed: {_reply_text(exc)}")
+    return None
 
 
 def _reply_text(exc: BaseException) -> str:

@@ -557,93 +557,121 @@ class AmqpTransport(Transport):
     ) -> None:
         nacks = 0
         while True:
-            if exchange not in self._known_exchanges:
-                await self.check_exchange(exchange, timeout=max(0.01, deadline - loop.time()))
-            if not self._ready.is_set() or self._closed:
-                await self._wait_ready(deadline)
-            channel = self._publisher
             try:
-                if channel is None or channel.is_closed:
-                    channel = await self._reopen_publisher(channel)
-                # wait=False: do not hold the channel lock until the writer has flushed
-                # this very frame (one ping-pong with the writer task per message); frames
-                # of concurrent publishes queue up and are written back to back. Every
-                # DRAIN_EVERY-th publish still waits for the socket buffer to drain, so a
-                # slow broker pushes back. The confirm is awaited either way.
-                self._publish_count += 1
-                self._publishing[task] = channel
-                try:
-                    result = await channel.basic_publish(
-                        body,
-                        exchange=exchange,
-                        routing_key=routing_key,
-                        properties=amqp_properties,
-                        mandatory=mandatory,
-                        timeout=None,
-                        wait=self._publish_count % self.DRAIN_EVERY == 0,
-                    )
-                finally:
-                    self._publishing.pop(task, None)
+                result = await self._publish_once(task, deadline, exchange, routing_key, body,
+                                                  amqp_properties, mandatory)
             except asyncio.CancelledError:
-                if task in self._interrupted:
-                    # The supervisor interrupted a publish stuck on a lost connection
-                    # (e.g. waiting for room in its dead write queue): send it again.
-                    self._interrupted.discard(task)
-                    task.uncancel()
-                    await asyncio.sleep(0.01)
-                    continue
-                if task.cancelling():
-                    raise  # we were cancelled (by the caller or the deadline guard)
-                # aiormq cancels the confirms of a channel it closes: send again
-                if loop.time() >= deadline:
-                    raise ConnectionError("publish failed: the channel was closed") from None
+                if not self._send_again_after_cancel(loop, task, deadline):
+                    raise
                 await asyncio.sleep(0.01)
                 continue
-            except amqp_errors.ChannelClosed as exc:
-                if isinstance(exc, amqp_errors.ChannelAccessRefused):
-                    raise translate_error(exc) from None  # retrying cannot help
-                if self._connection is None or not self._connection.is_closed:
-                    # A channel-level refusal (e.g. the exchange vanished): check and retry.
-                    self._known_exchanges.discard(exchange)
-                    log.debug("publisher channel closed: %s", exc)
-                if loop.time() >= deadline:
-                    raise translate_error(exc) from None
-                await asyncio.sleep(0.01)
-                continue
-            except amqp_errors.DeliveryError as exc:
-                # The broker nacked: it could not take the message (e.g. a quorum queue
-                # electing a new leader). Transient as a rule: send again until the deadline.
-                nacks += 1
-                if loop.time() >= deadline:
-                    raise PublishNacked(
-                        f"the broker nacked a message to {exchange!r}/{routing_key!r} "
-                        f"{nacks} times: {exc}"
-                    ) from None
-                if nacks % 3 == 0 and channel is self._publisher:
-                    # A channel can keep nacking after a quorum queue's leader moved
-                    # (it still targets the old one): a fresh channel fixes that.
-                    log.warning("broker keeps nacking on the publisher channel; reopening it")
-                    self._spawn(_close_quietly(channel))
-                await asyncio.sleep(min(0.5, 0.01 * nacks))
-                continue
-            except PostageError:
-                raise
-            except TypeError as exc:  # the AMQP client cannot encode a property value
-                raise EncodingError(f"cannot encode the message's properties: {exc}") from None
             except Exception as exc:
-                if self._closed:
-                    raise self._failure or ConnectionClosed("the connection is closed") from None
-                if not is_link_failure(exc):
-                    raise translate_error(exc) from None
-                if loop.time() >= deadline:
-                    raise ConnectionError(f"publish failed: {exc}") from None
-                await asyncio.sleep(0.01)
+                nacks = await self._send_again_or_raise(exc, loop, deadline, exchange,
+                                                        routing_key, nacks)
                 continue
             if result is None or isinstance(result, spec.Basic.Ack):
                 return
             if isinstance(result, spec.Basic.Nack):
                 raise PublishNacked(f"the broker nacked a message to {exchange!r}/{routing_key!r}")
             raise Unroutable(exchange, routing_key)
+
+    async def _publish_once(
+        self, task: asyncio.Task[Any], deadline: float, exchange: str, routing_key: str,
+        body: bytes, amqp_properties: spec.Basic.Properties, mandatory: bool,
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        if exchange not in self._known_exchanges:
+            await self.check_exchange(exchange, timeout=max(0.01, deadline - loop.time()))
+        if not self._ready.is_set() or self._closed:
+            await self._wait_ready(deadline)
+        channel = self._publisher
+        if channel is None or channel.is_closed:
+            channel = await self._reopen_publisher(channel)
+        # wait=False: do not hold the channel lock until the writer has flushed this very
+        # frame (one ping-pong with the writer task per message); frames of concurrent
+        # publishes queue up and are written back to back. Every DRAIN_EVERY-th publish
+        # still waits for the socket buffer to drain, so a slow broker pushes back. The
+        # confirm is awaited either way.
+        self._publish_count += 1
+        self._publishing[task] = channel
+        try:
+            return await channel.basic_publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                properties=amqp_properties,
+                mandatory=mandatory,
+                timeout=None,
+                wait=self._publish_count % self.DRAIN_EVERY == 0,
+            )
+        finally:
+            self._publishing.pop(task, None)
+
+    def _send_again_after_cancel(self, loop: asyncio.AbstractEventLoop,
+                                 task: asyncio.Task[Any], deadline: float) -> bool:
+        """After a cancellation inside a publish: True to send again, False to give up."""
+        if task in self._interrupted:
+            # The supervisor interrupted a publish stuck on a lost connection (e.g.
+            # waiting for room in its dead write queue): send it again.
+            self._interrupted.discard(task)
+            task.uncancel()
+            return True
+        if task.cancelling():
+            return False  # we were cancelled (by the caller or the deadline guard)
+        # aiormq cancels the confirms of a channel it closes: send again
+        if loop.time() >= deadline:
+            raise ConnectionError("publish failed: the channel was closed") from None
+        return True
+
+    async def _send_again_or_raise(
+        self, exc: Exception, loop: asyncio.AbstractEventLoop, deadline: float,
+        exchange: str, routing_key: str, nacks: int,
+    ) -> int:
+        """Wait a little and return the nack count if the publish may be sent again;
+        raise the Postage error it deserves otherwise."""
+        late = loop.time() >= deadline
+        if isinstance(exc, amqp_errors.DeliveryError):
+            return await self._after_nack(exc, late, exchange, routing_key, nacks + 1)
+        if isinstance(exc, amqp_errors.ChannelClosed):
+            if isinstance(exc, amqp_errors.ChannelAccessRefused) or late:
+                raise translate_error(exc) from None  # retrying cannot help
+            if self._connection is None or not self._connection.is_closed:
+                # A channel-level refusal (e.g. the exchange vanished): check and retry.
+                self._known_exchanges.discard(exchange)
+                log.debug("publisher channel closed: %s", exc)
+        else:
+            self._raise_unless_link_failure(exc, late)
+        await asyncio.sleep(0.01)
+        return nacks
+
+    def _raise_unless_link_failure(self, exc: Exception, late: bool) -> None:
+        if isinstance(exc, PostageError):
+            raise exc
+        if isinstance(exc, TypeError):  # the AMQP client cannot encode a property value
+            raise EncodingError(f"cannot encode the message's properties: {exc}") from None
+        if self._closed:
+            raise self._failure or ConnectionClosed("the connection is closed") from None
+        if not is_link_failure(exc):
+            raise translate_error(exc) from None
+        if late:
+            raise ConnectionError(f"publish failed: {exc}") from None
+
+    async def _after_nack(self, exc: Exception, late: bool, exchange: str, routing_key: str,
+                          nacks: int) -> int:
+        # The broker nacked: it could not take the message (e.g. a quorum queue electing
+        # a new leader). Transient as a rule: send again until the deadline.
+        if late:
+            raise PublishNacked(
+                f"the broker nacked a message to {exchange!r}/{routing_key!r} "
+                f"{nacks} times: {exc}") from None
+        channel = self._publisher
+        if nacks % 3 == 0 and channel is not None:
+            # A channel can keep nacking after a quorum queue's leader moved (it still
+            # targets the old one): a fresh channel fixes that.
+            log.warning("broker keeps nacking on the publisher channel; reopening it")
+            self._spawn(_close_quietly(channel))
+        await asyncio.sleep(min(0.5, 0.01 * nacks))
+        return nacks
 
     async def publish_transient(
         self, exchange: str, routing_key: str, body: bytes, properties: Properties | None = None,
