@@ -28,7 +28,8 @@ import itertools
 import os
 
 from ._transport.memory import MemoryDelivery, MemoryTransport
-from ._transport.memory.broker import MemoryBroker, _named, _named_lock, named_broker
+from ._transport.memory.broker import MemoryBroker
+from ._transport.memory.names import _named, _named_lock, named_broker
 
 _fresh = itertools.count(1)
 

@@ -20,254 +20,44 @@ simulates a lost connection: the transports recover as the real one does.
 
 from __future__ import annotations
 
-__all__ = [
-    "MemoryBroker",
-    "broker_name",
-    "is_memory_url",
-    "named_broker",
-    "reset_named_brokers",
-]
+__all__ = ["MemoryBroker"]
 
 import bisect
-import functools
-import itertools
 import logging
-import struct
-import threading
-from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from datetime import datetime
-from decimal import Decimal
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
 
 from ..._exceptions import (
     AccessRefused,
     ChannelError,
-    ConfigurationError,
-    EncodingError,
     NotFound,
     PreconditionFailed,
     Unroutable,
 )
 from ..._wire.properties import Binding, ExchangeSpec, Properties, QueueSpec
-from ..base import DIRECT_REPLY_TO
+from .model import (
+    _CHECKED_QUEUE_ARGS,
+    _PREDECLARED,
+    _REPLY_PREFIX,
+    EXCHANGE_TYPES,
+    BrokerState,
+    _copy_properties,
+    _Exchange,
+    _Message,
+    _Queue,
+    headers_match,
+    topic_matches,
+)
 
 if TYPE_CHECKING:
     from .transport import MemoryConsumer, MemoryDelivery, MemoryTransport
 
 log = logging.getLogger("postage.memory")
 
-SCHEME = "memory"
-EXCHANGE_TYPES = frozenset({"direct", "fanout", "topic", "headers"})
-_REPLY_PREFIX = DIRECT_REPLY_TO + "."
-_PREDECLARED = (
-    ExchangeSpec("amq.direct", "direct", durable=True),
-    ExchangeSpec("amq.fanout", "fanout", durable=True),
-    ExchangeSpec("amq.topic", "topic", durable=True),
-    ExchangeSpec("amq.headers", "headers", durable=True),
-    ExchangeSpec("amq.match", "headers", durable=True),
-)
-# The queue arguments RabbitMQ compares when a queue is declared again.
-_CHECKED_QUEUE_ARGS = (
-    "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-expires", "x-max-length",
-    "x-max-length-bytes", "x-max-priority", "x-message-ttl", "x-overflow", "x-queue-mode",
-    "x-single-active-consumer", "x-delivery-limit",
-)
-
-
-# ---------------------------------------------------------------------------------------
-# routing
-
-
-def _words(key: str) -> tuple[str, ...]:
-    return tuple(key.split(".")) if key else ()
-
-
-@functools.lru_cache(maxsize=4096)
-def topic_matches(pattern: str, routing_key: str) -> bool:
-    """True when topic binding key ``pattern`` (``*`` one word, ``#`` zero or more) matches."""
-    pat, key = _words(pattern), _words(routing_key)
-
-    @functools.cache
-    def match(i: int, j: int) -> bool:
-        if i == len(pat):
-            return j == len(key)
-        if pat[i] == "#":
-            return match(i + 1, j) or (j < len(key) and match(i, j + 1))
-        return j < len(key) and (pat[i] in ("*", key[j])) and match(i + 1, j + 1)
-
-    return match(0, 0)
-
-
-def headers_match(arguments: Mapping[str, Any], headers: Mapping[str, Any]) -> bool:
-    """The headers exchange's test: ``x-match`` all (default) or any, of the binding's
-    arguments against the message's headers (``x-`` arguments ignored unless ``*-with-x``)."""
-    mode = str(arguments.get("x-match", "all"))
-    with_x = mode.endswith("-with-x")
-    wanted = {k: v for k, v in arguments.items()
-              if k != "x-match" and (with_x or not k.startswith("x-"))}
-    if not wanted:
-        return mode.startswith("all")
-
-    def hit(name: str, value: Any) -> bool:
-        if name not in headers:
-            return False
-        return value is None or headers[name] == value
-
-    if mode.startswith("any"):
-        return any(hit(k, v) for k, v in wanted.items())
-    return all(hit(k, v) for k, v in wanted.items())
-
-
-def _wire_copy(value: Any) -> Any:
-    """What a header value looks like after a trip through the broker: the AMQP field
-    table types only (floats go as single precision, as the AMQP client sends them)."""
-    if isinstance(value, bool | int | str | Decimal | None):
-        return value
-    if isinstance(value, float):
-        return struct.unpack("f", struct.pack("f", value))[0]
-    if isinstance(value, dict):
-        return {str(k): _wire_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_wire_copy(v) for v in value]
-    if isinstance(value, bytearray):
-        return bytearray(value)
-    if isinstance(value, datetime):
-        return value.replace(microsecond=0)
-    # the real transport fails the same way (the AMQP client cannot encode the value)
-    raise EncodingError(
-        f"cannot encode the message's properties: header value of unsupported type "
-        f"{type(value).__name__}: {value!r}"
-    )
-
-
-def _copy_properties(props: Properties) -> Properties:
-    if props.headers:
-        return replace(props, headers=_wire_copy(props.headers))
-    return replace(props)
-
-
-# ---------------------------------------------------------------------------------------
-# the broker's state
-
-
-@dataclass(slots=True)
-class _Message:
-    body: bytes
-    properties: Properties
-    exchange: str
-    routing_key: str
-    seq: int
-    redelivered: bool = False
-    delivery_count: int = 0
-
-
-@dataclass(slots=True)
-class _Exchange:
-    spec: ExchangeSpec
-    bindings: dict[Binding, None] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class _Queue:
-    spec: QueueSpec
-    owner: MemoryTransport | None
-    ready: deque[_Message] = field(default_factory=deque)
-    consumers: list[MemoryConsumer] = field(default_factory=list)
-    turn: int = 0  # round robin among consumers
-    had_consumers: bool = False
-
-    @property
-    def arguments(self) -> dict[str, Any]:
-        return dict(self.spec.arguments)
-
-    @property
-    def quorum(self) -> bool:
-        return ("x-queue-type", "quorum") in self.spec.arguments
-
-
-class MemoryBroker:
+class MemoryBroker(BrokerState):
     """A RabbitMQ stand-in living in this process; connect with :class:`MemoryTransport`
     (or any API with its :attr:`url`). Safe to share between event loops and threads."""
-
-    def __init__(self, name: str = "") -> None:
-        self.name = name
-        self._lock = threading.RLock()
-        self._exchanges: dict[str, _Exchange] = {s.name: _Exchange(s) for s in _PREDECLARED}
-        self._queues: dict[str, _Queue] = {}
-        self._connections: dict[int, MemoryTransport] = {}
-        self._replies: dict[str, MemoryTransport] = {}
-        self._seq = itertools.count(1)
-        self._connection_ids = itertools.count(1)
-        self.published = 0
-
-    def __repr__(self) -> str:
-        return f"MemoryBroker({self.name!r}, queues={len(self._queues)})"
-
-    @property
-    def url(self) -> str:
-        """The ``memory://`` URL of this broker when it is a named one."""
-        return f"{SCHEME}://{self.name}"
-
-    # -- inspection (for tests) -------------------------------------------------------
-
-    def queue_names(self) -> list[str]:
-        with self._lock:
-            return sorted(self._queues)
-
-    def exchange_names(self) -> list[str]:
-        with self._lock:
-            return sorted(n for n in self._exchanges if not n.startswith("amq."))
-
-    def has_queue(self, name: str) -> bool:
-        with self._lock:
-            return name in self._queues
-
-    def has_exchange(self, name: str) -> bool:
-        with self._lock:
-            return name == "" or name in self._exchanges
-
-    def message_count(self, queue: str) -> int:
-        """Messages ready in ``queue`` (not counting those delivered and not yet settled)."""
-        with self._lock:
-            return len(self._require_queue(queue).ready)
-
-    def unacked_count(self, queue: str) -> int:
-        with self._lock:
-            q = self._require_queue(queue)
-            return sum(sum(1 for d in c._unacked.values() if d._queue is q) for c in q.consumers)
-
-    def consumer_count(self, queue: str) -> int:
-        with self._lock:
-            return len(self._require_queue(queue).consumers)
-
-    def bindings(self, queue: str | None = None) -> list[Binding]:
-        with self._lock:
-            found = [b for x in self._exchanges.values() for b in x.bindings]
-            return [b for b in found if queue is None or b.queue == queue]
-
-    def peek(self, queue: str) -> list[tuple[bytes, Properties]]:
-        """Bodies and properties of the messages ready in ``queue``, oldest first (copies)."""
-        with self._lock:
-            return [(m.body, _copy_properties(m.properties))
-                    for m in self._require_queue(queue).ready]
-
-    def get(self, queue: str) -> tuple[bytes, Properties] | None:
-        """Take the oldest ready message of ``queue`` (like basic.get with auto-ack)."""
-        with self._lock:
-            q = self._require_queue(queue)
-            if not q.ready:
-                return None
-            m = q.ready.popleft()
-            return m.body, _copy_properties(m.properties)
-
-    @property
-    def connection_count(self) -> int:
-        with self._lock:
-            return len(self._connections)
-
     def drop_connections(self) -> None:
         """Cut every connection as a network failure would: their unacked messages are
         requeued and their exclusive queues deleted; each transport then recovers (declares
@@ -311,18 +101,6 @@ class MemoryBroker:
                     self._delete_queue(name)
 
     # -- checks -------------------------------------------------------------------------
-
-    def _require_queue(self, name: str) -> _Queue:
-        q = self._queues.get(name)
-        if q is None:
-            raise NotFound(f"NOT_FOUND - no queue '{name}' in vhost '/'", 404)
-        return q
-
-    def _require_exchange(self, name: str) -> _Exchange:
-        x = self._exchanges.get(name)
-        if x is None:
-            raise NotFound(f"NOT_FOUND - no exchange '{name}' in vhost '/'", 404)
-        return x
 
     def _check_owner(self, q: _Queue, transport: MemoryTransport) -> None:
         if q.owner is not None and q.owner is not transport:
@@ -655,35 +433,3 @@ class MemoryBroker:
             return address
 
 
-# ---------------------------------------------------------------------------------------
-# named brokers (memory://NAME)
-
-_named: dict[str, MemoryBroker] = {}
-_named_lock = threading.Lock()
-
-
-def is_memory_url(url: str) -> bool:
-    return url.split(":", 1)[0].lower() == SCHEME
-
-
-def broker_name(url: str) -> str:
-    """The broker name of a ``memory://NAME`` URL (``memory://`` is the name ``""``)."""
-    sp = urlsplit(url)
-    if sp.scheme.lower() != SCHEME:
-        raise ConfigurationError(f"not a memory:// URL: {url!r}")
-    return unquote(sp.netloc + sp.path).strip("/")
-
-
-def named_broker(name: str = "") -> MemoryBroker:
-    """The process-wide broker called ``name``, created on first use."""
-    with _named_lock:
-        broker = _named.get(name)
-        if broker is None:
-            broker = _named[name] = MemoryBroker(name)
-        return broker
-
-
-def reset_named_brokers() -> None:
-    """Forget every named broker (their connections keep the old ones until closed)."""
-    with _named_lock:
-        _named.clear()

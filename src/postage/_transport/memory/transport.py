@@ -28,7 +28,9 @@ from ..._exceptions import (
 from ..._settings import ConnectionSettings
 from ..._wire.properties import Binding, ExchangeSpec, Properties, QueueSpec
 from ..base import DIRECT_REPLY_TO, Consumer, Delivery, DeliveryCallback, Transport
-from .broker import MemoryBroker, _copy_properties, _Message, _Queue, broker_name, named_broker
+from .broker import MemoryBroker
+from .model import _copy_properties, _Message, _Queue
+from .names import broker_name, named_broker
 
 log = logging.getLogger("postage.memory")
 
