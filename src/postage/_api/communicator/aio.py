@@ -29,20 +29,17 @@ import logging
 import signal
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import Any
 
-from ..._core.core import Core, HandlingOptions, RetryPolicy, Subscription, open_core
+from ..._core.core import Core, HandlingOptions, Subscription, open_core
 from ..._core.middleware import IncomingMessage
 from ..._exceptions import (
     ConfigurationError,
     ConnectionClosed,
-    EncodingError,
     PostageError,
     Unroutable,
 )
-from ..._settings import ConnectionSettings
 from ..._transport import Delivery
 from ..._wire.fingerprint import Fingerprint
 from ..._wire.properties import PERSISTENT
@@ -50,76 +47,12 @@ from ..gather import GatherReply, gather_replies
 from ..presence import PresenceAnnouncer
 from . import wire as _wire
 from .filters import BroadcastFilter
+from .options import CommunicatorOptions
+from .tasks import AsyncTaskQueue, EnvelopeReplies, Subscriber, find_subscriber
 
 log = logging.getLogger("postage.communicator")
 
-Subscriber = Callable[..., Any]
 NO_DEADLINE = 10 * 365 * 86400.0  # what ``task_timeout=None`` stands for: ten years
-
-
-@dataclass(frozen=True, slots=True)
-class CommunicatorOptions:
-    """Defaults of a communicator (keyword arguments of ``connect``).
-
-    ``rpc_timeout``: seconds an ``rpc_send`` future waits for its reply.
-    ``task_timeout``: seconds a ``task_send`` future waits for the task's result (tasks
-    may be long, so one hour by default); ``None`` explicitly means no deadline.
-    ``task_prefetch_count``: tasks one task subscriber may hold at once (1: fair dispatch).
-    ``task_max_attempts``: deliveries of a task whose subscriber raises before it is moved
-    to ``<queue>.dlq`` (only the final failure is reported to the sender).
-    ``task_max_redeliveries``: redeliveries of a task whose subscriber's process died (or
-    lost its connection) while handling it, before it is moved to ``<queue>.dlq``; its
-    sender then gets a RemoteError of type ``DeadLettered`` naming that queue.
-    ``rpc_prefetch_count``: RPC requests one subscriber handles concurrently.
-    ``broadcast_prefetch_count``: broadcasts fetched ahead (they are handed to the
-    subscribers one at a time, in order).
-    ``name``: the communicator's name in the fingerprint of the messages it sends.
-    ``operation_timeout``: deadline of each blocking call (subscribe, declare...); a send
-    waits for its confirm at most the connection's ``publish_timeout`` (30 s by default).
-    ``close_timeout``: how long closing waits for handlers and confirms.
-    ``task_quorum``: declare task queues as replicated quorum queues (they survive the
-    loss of a cluster node), with ``task_delivery_limit`` as the broker's own poison
-    limit (redeliveries after consumers died, on top of ``task_max_attempts``).
-    """
-
-    rpc_timeout: float = 60.0
-    task_timeout: float | None = 3600.0
-    task_prefetch_count: int = 1
-    task_max_attempts: int = 3
-    task_max_redeliveries: int = 5
-    rpc_prefetch_count: int = 32
-    broadcast_prefetch_count: int = 64
-    task_exchange: str = "postage.tasks"
-    task_queue: str = "postage.tasks"
-    rpc_exchange: str = "postage.rpc"
-    broadcast_exchange: str = "postage.broadcast"
-    name: str | None = None
-    operation_timeout: float = 60.0
-    close_timeout: float = 30.0
-    task_quorum: bool = False
-    task_delivery_limit: int | None = 20
-
-    def __post_init__(self) -> None:
-        if self.rpc_timeout <= 0 or (self.task_timeout is not None and self.task_timeout <= 0):
-            raise ConfigurationError("rpc_timeout and task_timeout must be positive")
-        if self.task_max_attempts < 1:
-            raise ConfigurationError("task_max_attempts must be at least 1")
-        for count in (self.task_prefetch_count, self.rpc_prefetch_count,
-                      self.broadcast_prefetch_count):
-            if count < 0:
-                raise ConfigurationError("prefetch counts must be 0 (no limit) or more")
-
-    @classmethod
-    def split(cls, options: Mapping[str, Any]) -> tuple[CommunicatorOptions, dict[str, Any]]:
-        """(communicator options, the rest for the core) from ``connect`` keywords."""
-        names = {f.name for f in fields(cls)}
-        ours = {k: v for k, v in options.items() if k in names}
-        rest = {k: v for k, v in options.items() if k not in names}
-        core_names = set(inspect.signature(Core).parameters) - {"settings"}
-        unknown = set(rest) - core_names - set(ConnectionSettings.__dataclass_fields__)
-        if unknown:
-            raise ConfigurationError(f"unknown communicator options: {', '.join(sorted(unknown))}")
-        return cls(**ours), rest
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -127,104 +60,6 @@ def _is_async(fn: Callable[..., Any]) -> bool:
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - an object with async __call__
     return call is not None and inspect.iscoroutinefunction(call)
-
-
-class _EnvelopeReplies:
-    """Results and errors of a subscriber as Postage result envelopes (``name``: the RPC
-    identifier or the task queue)."""
-
-    def __init__(self, comm: AsyncCommunicator, name: str) -> None:
-        self._core = comm.core
-        self._name = name
-        self._fingerprint = comm._fingerprint
-
-    def result(self, message: IncomingMessage, value: Any) -> bytes:
-        return self._core.encode(_wire.success_envelope(self._name, value, self._fingerprint))
-
-    def error(self, message: IncomingMessage, exc: BaseException) -> bytes:
-        envelope = _wire.exception_envelope(self._name, exc, self._fingerprint)
-        try:
-            return self._core.encode(envelope)
-        except EncodingError:  # a message that cannot be encoded: send its repr
-            envelope["content"]["message"] = repr(str(exc))[:10_000]
-            envelope["_reserved"] = {}
-            return self._core.encode(envelope)
-
-
-class AsyncTaskQueue:
-    """A durable task queue: ``task_send`` and task subscribers. Make one with
-    :meth:`AsyncCommunicator.task_queue`."""
-
-    def __init__(self, comm: AsyncCommunicator, name: str, prefetch_count: int) -> None:
-        self._comm = comm
-        self.name = name
-        self.prefetch_count = prefetch_count
-        self._subscribers: dict[str, tuple[Subscriber, Subscription]] = {}
-
-    async def _declare(self) -> None:
-        core = self._comm.core
-        opts = self._comm.options
-        if opts.task_quorum:
-            await core.declare_queue(self.name, quorum=True,
-                                     delivery_limit=opts.task_delivery_limit)
-        else:
-            await core.declare_queue(self.name, durable=True)
-        await core.bind(self.name, opts.task_exchange, self.name)
-
-    async def task_send(self, task: Any, no_reply: bool = False) -> asyncio.Future[Any] | None:
-        """Queue ``task`` (persistent, mandatory) and return a future of its result once
-        the broker has confirmed it; with ``no_reply``, return None after the confirm."""
-        return await self._comm._send_task(self.name, task, no_reply)
-
-    async def add_task_subscriber(self, subscriber: Subscriber,
-                                  identifier: str | None = None) -> str:
-        """Consume the queue with ``subscriber(comm, body)``; return its identifier.
-
-        Its return value (or the result of a returned awaitable) is the task's result.
-        If it raises, the task is retried; after ``task_max_attempts`` it goes to
-        ``<queue>.dlq`` and the sender's future fails with RemoteError.
-        Raising ``postage.Reject`` dead-letters the task at once.
-        """
-        if not callable(subscriber):
-            raise TypeError("a task subscriber must be callable")
-        identifier = identifier or uuid.uuid4().hex
-        if identifier in self._subscribers:
-            raise ConfigurationError(f"task subscriber {identifier!r} already exists")
-        comm = self._comm
-        comm._check_open()
-
-        async def handler(message: IncomingMessage) -> Any:
-            assert message.envelope is not None
-            return await comm._invoke(subscriber, comm.callback_comm,
-                                      _wire.request_body(message.envelope))
-
-        policy = RetryPolicy(comm.options.task_max_attempts, comm.options.task_max_redeliveries)
-        options = HandlingOptions(policy, envelope=True,
-                                  replies=_EnvelopeReplies(comm, self.name))
-        subscription = await comm.core.consume(
-            self.name, handler, options, prefetch_count=self.prefetch_count)
-        self._subscribers[identifier] = (subscriber, subscription)
-        return identifier
-
-    async def remove_task_subscriber(self, identifier: str | Subscriber) -> None:
-        """Stop a subscriber (by identifier or the callback itself); tasks it is working on
-        are finished first."""
-        key = _find(self._subscribers, identifier, lambda entry: entry[0])
-        _, subscription = self._subscribers.pop(key)
-        await subscription.cancel(self._comm.options.close_timeout)
-
-    async def _cancel_all(self) -> None:
-        for key in list(self._subscribers):
-            await self.remove_task_subscriber(key)
-
-
-def _find(table: Mapping[str, Any], key: Any, callback_of: Callable[[Any], Any]) -> str:
-    if isinstance(key, str) and key in table:
-        return key
-    for identifier, entry in table.items():
-        if callback_of(entry) is key:
-            return identifier
-    raise ValueError(f"no subscriber {key!r}")
 
 
 class AsyncCommunicator:
@@ -490,7 +325,7 @@ class AsyncCommunicator:
         # errors are answered to the caller (an RPC is not retried); an undecodable
         # request is answered too and kept in <queue>.dlq for inspection
         options = HandlingOptions(errors="answer", envelope=True,
-                                  replies=_EnvelopeReplies(self, identifier))
+                                  replies=EnvelopeReplies(self, identifier))
         try:
             subscription = await core.consume(
                 queue, on_request, options, prefetch_count=self.options.rpc_prefetch_count)
@@ -504,7 +339,7 @@ class AsyncCommunicator:
     async def remove_rpc_subscriber(self, identifier: str | Subscriber) -> None:
         """Stop answering as ``identifier`` (requests in progress are answered first);
         later requests to it fail with Unroutable."""
-        key = _find(self._rpc, identifier, lambda entry: entry[0])
+        key = find_subscriber(self._rpc, identifier, lambda entry: entry[0])
         _, subscription, queue = self._rpc.pop(key)
         await subscription.cancel(self.options.close_timeout)
         with contextlib.suppress(PostageError):
@@ -547,7 +382,7 @@ class AsyncCommunicator:
     async def remove_broadcast_subscriber(self, identifier: str | Subscriber) -> None:
         """Stop delivering broadcasts to a subscriber (by identifier or the callback)."""
         async with self._broadcast_lock:
-            key = _find(self._broadcast_subscribers, identifier, lambda entry: entry)
+            key = find_subscriber(self._broadcast_subscribers, identifier, lambda entry: entry)
             del self._broadcast_subscribers[key]
             if not self._broadcast_subscribers:
                 await self._stop_broadcasts()

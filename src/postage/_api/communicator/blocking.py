@@ -25,8 +25,9 @@ from ..._blocking.window import SendWindow, send_failure
 from ..._exceptions import ConfigurationError
 from ..._wire.fingerprint import Fingerprint
 from ..gather import GatherReply
-from .aio import AsyncCommunicator, AsyncTaskQueue, Subscriber, open_communicator
+from .aio import AsyncCommunicator, AsyncTaskQueue, open_communicator
 from .filters import BroadcastFilter
+from .tasks import Subscriber
 
 T = TypeVar("T")
 
