@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._core.core import Core
-from .._exceptions import DecodingError, PostageError, RemoteError
+from .._exceptions import DecodingError, PostageError
 from .._transport import Delivery
 from .._wire.envelope import build_envelope
+from .._wire.results import remote_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +70,9 @@ def decode_reply(core: Core, delivery: Delivery, rtt: float) -> GatherReply:
     if envelope.get("type") != "result":
         bad = DecodingError(f"expected a result message, got type {envelope.get('type')!r}")
         return GatherReply(fingerprint, None, bad, rtt, reserved)
-    content = envelope["content"]
-    if content["type"] == "success":
-        return GatherReply(fingerprint, content.get("value"), None, rtt, reserved)
-    value, message = content.get("value"), content.get("message")
-    type_name = value if isinstance(value, str) and value else str(content["type"]).capitalize()
-    trace = reserved.get("traceback")
-    error = RemoteError(type_name, "" if message is None else str(message),
-                        trace if isinstance(trace, str) else "")
+    error = remote_error(envelope)
+    if error is None:
+        return GatherReply(fingerprint, envelope["content"].get("value"), None, rtt, reserved)
     return GatherReply(fingerprint, None, error, rtt, reserved)
 
 

@@ -63,25 +63,32 @@ class Delivery(abc.ABC):
     def properties(self) -> Properties:
         """The message's properties."""
 
+    # Shortcuts to the properties the core reads for every message; ``_get`` may answer
+    # them without building the whole Properties.
+
+    def _get(self, name: str) -> Any:
+        return getattr(self.properties, name)
+
     @property
-    @abc.abstractmethod
     def content_type(self) -> str | None:
-        """The ``content_type`` property."""
+        value: str | None = self._get("content_type")
+        return value
 
     @property
-    @abc.abstractmethod
     def correlation_id(self) -> str | None:
-        """The ``correlation_id`` property."""
+        value: str | None = self._get("correlation_id")
+        return value
 
     @property
-    @abc.abstractmethod
     def reply_to(self) -> str | None:
-        """The ``reply_to`` property."""
+        value: str | None = self._get("reply_to")
+        return value
 
     @property
-    @abc.abstractmethod
     def headers(self) -> dict[str, Any]:
         """The headers table (empty when there is none)."""
+        value: dict[str, Any] | None = self._get("headers")
+        return value or {}
 
     @property
     def settled(self) -> bool:
@@ -327,3 +334,39 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def consume_replies(self, callback: DeliveryCallback) -> None:
         """Receive direct reply-to replies (``reply_to = amq.rabbitmq.reply-to``)."""
+
+    # -- restoring a consumer ---------------------------------------------------------
+
+    # what a failed restore attempt may raise and still be tried again (with backoff)
+    RESTORE_ERRORS: tuple[type[Exception], ...] = (Exception,)
+
+    @abc.abstractmethod
+    async def _declare_again(self, queue: str) -> None:
+        """Declare ``queue`` and its bindings again, as registered."""
+
+    @abc.abstractmethod
+    async def _start_again(self, consumer: Consumer) -> None:
+        """Start ``consumer`` again (on a fresh channel)."""
+
+    async def _restart_consumer(self, consumer: Consumer, *, declare: bool) -> None:
+        """Restore one consumer (the broker cancelled it, or its channel closed), with
+        backoff, until it works or is cancelled; ``declare``: its queue first."""
+        if consumer._restarting:
+            return
+        consumer._restarting = True
+        delay = self.settings.reconnect_delay
+        try:
+            while consumer.active and not self._closed:
+                try:
+                    await self._wait_ready(None)
+                    if declare and consumer.queue in self._queues:
+                        await self._declare_again(consumer.queue)
+                    await self._start_again(consumer)
+                    log.warning("consumer of queue %r restored", consumer.queue)
+                    return
+                except self.RESTORE_ERRORS as exc:
+                    log.warning("cannot restore the consumer of %r yet (%s)", consumer.queue, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.settings.reconnect_max_delay)
+        finally:
+            consumer._restarting = False

@@ -35,13 +35,12 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
-from ..._exceptions import DecodingError, RemoteError
 from ..._wire.envelope import build_envelope, result_content
+from ..._wire.results import RESULT_TYPE, result_value
 
 RPC_TYPE = "command"
 TASK_TYPE = "task"
 BROADCAST_TYPE = "status"
-RESULT_TYPE = "result"
 MAX_TRACEBACK = 16_000
 
 
@@ -74,22 +73,6 @@ def exception_envelope(
         result_content("exception", type(exc).__name__, str(exc)),
         fingerprint, {"traceback": text},
     )
-
-
-def result_value(envelope: Mapping[str, Any]) -> Any:
-    """The value of a result envelope; RemoteError for an error or exception result."""
-    if envelope.get("type") != RESULT_TYPE:
-        raise DecodingError(f"expected a result message, got type {envelope.get('type')!r}")
-    content = envelope["content"]
-    if content["type"] == "success":
-        return content.get("value")
-    reserved = envelope.get("_reserved") or {}
-    trace = reserved.get("traceback") if isinstance(reserved, dict) else None
-    value = content.get("value")
-    type_name = value if isinstance(value, str) and value else content["type"].capitalize()
-    message = content.get("message")
-    raise RemoteError(type_name, "" if message is None else str(message),
-                      trace if isinstance(trace, str) else "")
 
 
 def broadcast_envelope(

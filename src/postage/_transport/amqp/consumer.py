@@ -88,21 +88,8 @@ class AmqpDelivery(Delivery):
             self._properties = from_amqp(self._raw_properties)
         return self._properties
 
-    @property
-    def content_type(self) -> str | None:
-        return self._raw_properties.content_type
-
-    @property
-    def correlation_id(self) -> str | None:
-        return self._raw_properties.correlation_id
-
-    @property
-    def reply_to(self) -> str | None:
-        return self._raw_properties.reply_to
-
-    @property
-    def headers(self) -> dict[str, Any]:
-        return self._raw_properties.headers or {}
+    def _get(self, name: str) -> Any:
+        return getattr(self._raw_properties, name)
 
     async def _settle(self, what: str, requeue: bool) -> bool:
         if self._settled:

@@ -123,13 +123,8 @@ class AmqpPublisher(Transport):
         self._publish_count = 0
 
     async def publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: Properties | None = None,
-        *,
-        mandatory: bool = True,
+        self, exchange: str, routing_key: str, body: bytes,
+        properties: Properties | None = None, *, mandatory: bool = True,
         timeout: float | None = None,
     ) -> None:
         """Publish and wait for the broker's confirm.

@@ -369,15 +369,9 @@ class AmqpTransport(AmqpPublisher):
     # -- consuming --------------------------------------------------------------------
 
     async def consume(
-        self,
-        queue: str,
-        callback: DeliveryCallback,
-        *,
-        prefetch_count: int = 0,
-        no_ack: bool = False,
-        exclusive: bool = False,
-        arguments: Mapping[str, Any] | None = None,
-        timeout: float = 30.0,
+        self, queue: str, callback: DeliveryCallback, *, prefetch_count: int = 0,
+        no_ack: bool = False, exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None, timeout: float = 30.0,
     ) -> Consumer:
         """Start consuming ``queue`` on a channel of its own; restored after reconnecting.
 
@@ -403,37 +397,16 @@ class AmqpTransport(AmqpPublisher):
         self._consumers[consumer.tag] = consumer
         return consumer
 
-    async def _restart_consumer(self, consumer: Consumer, *, declare: bool) -> None:
+    async def _declare_again(self, queue: str) -> None:
+        await self._control_call(
+            functools.partial(self._declare_queue_on, q=self._queues[queue]), 30)
+        for binding in [b for b in self._bindings if b.queue == queue]:
+            await self._control_call(functools.partial(_bind_on, binding=binding), 30)
+
+    async def _start_again(self, consumer: Consumer) -> None:
         assert isinstance(consumer, AmqpConsumer)
-        if consumer._restarting:
-            return
-        consumer._restarting = True
-        delay = self.settings.reconnect_delay
-        try:
-            while consumer.active and not self._closed:
-                try:
-                    await self._wait_ready(None)
-                    if declare and consumer.queue in self._queues:
-                        queue_spec = self._queues[consumer.queue]
-                        await self._control_call(
-                            functools.partial(self._declare_queue_on, q=queue_spec), 30
-                        )
-                        for binding in [b for b in self._bindings if b.queue == consumer.queue]:
-                            await self._control_call(
-                                functools.partial(_bind_on, binding=binding), 30
-                            )
-                    old = consumer.channel
-                    if old is not None and not old.is_closed:
-                        with contextlib.suppress(Exception):
-                            await old.close()
-                    await consumer._start(self._connection)
-                    log.warning("consumer of queue %r restored", consumer.queue)
-                    return
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning("cannot restore the consumer of %r yet (%s)", consumer.queue, exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.settings.reconnect_max_delay)
-        finally:
-            consumer._restarting = False
+        old = consumer.channel
+        if old is not None and not old.is_closed:
+            with contextlib.suppress(Exception):
+                await old.close()
+        await consumer._start(self._connection)

@@ -72,22 +72,6 @@ class MemoryDelivery(Delivery):
     def properties(self) -> Properties:
         return self._properties
 
-    @property
-    def content_type(self) -> str | None:
-        return self.properties.content_type
-
-    @property
-    def correlation_id(self) -> str | None:
-        return self.properties.correlation_id
-
-    @property
-    def reply_to(self) -> str | None:
-        return self.properties.reply_to
-
-    @property
-    def headers(self) -> dict[str, Any]:
-        return self.properties.headers or {}
-
     async def _settle(self, what: str, requeue: bool) -> bool:
         if self._settled:
             return True
@@ -332,13 +316,8 @@ class MemoryTransport(Transport):
     # -- publishing ---------------------------------------------------------------------
 
     async def publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: Properties | None = None,
-        *,
-        mandatory: bool = True,
+        self, exchange: str, routing_key: str, body: bytes,
+        properties: Properties | None = None, *, mandatory: bool = True,
         timeout: float | None = None,
     ) -> None:
         """Route the message at once; Unroutable, NotFound as the real broker would."""
@@ -364,15 +343,9 @@ class MemoryTransport(Transport):
     # -- consuming ----------------------------------------------------------------------
 
     async def consume(
-        self,
-        queue: str,
-        callback: DeliveryCallback,
-        *,
-        prefetch_count: int = 0,
-        no_ack: bool = False,
-        exclusive: bool = False,
-        arguments: Mapping[str, Any] | None = None,
-        timeout: float = 30.0,
+        self, queue: str, callback: DeliveryCallback, *, prefetch_count: int = 0,
+        no_ack: bool = False, exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None, timeout: float = 30.0,
     ) -> Consumer:
         """Start consuming ``queue``; each message is handled in a task of its own."""
         if prefetch_count < 0:
@@ -390,29 +363,15 @@ class MemoryTransport(Transport):
             raise
         return consumer
 
-    async def _restart_consumer(self, consumer: Consumer, *, declare: bool) -> None:
-        assert isinstance(consumer, MemoryConsumer)
-        if consumer._restarting:
-            return
-        consumer._restarting = True
-        delay = self.settings.reconnect_delay
-        try:
-            while consumer.active and not self._closed:
-                try:
-                    await self._wait_ready(None)
-                    if declare and consumer.queue in self._queues:
-                        self._broker.declare_queue(self._queues[consumer.queue], self)
-                        for binding in [b for b in self._bindings if b.queue == consumer.queue]:
-                            self._broker.bind(binding, self)
-                    await consumer._start(None)
-                    log.warning("consumer of queue %r restored", consumer.queue)
-                    return
-                except ChannelError as exc:
-                    log.warning("cannot restore the consumer of %r yet (%s)", consumer.queue, exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.settings.reconnect_max_delay)
-        finally:
-            consumer._restarting = False
+    RESTORE_ERRORS = (ChannelError,)
+
+    async def _declare_again(self, queue: str) -> None:
+        self._broker.declare_queue(self._queues[queue], self)
+        for binding in [b for b in self._bindings if b.queue == queue]:
+            self._broker.bind(binding, self)
+
+    async def _start_again(self, consumer: Consumer) -> None:
+        await consumer._start(None)
 
     async def consume_replies(self, callback: DeliveryCallback) -> None:
         """Receive direct reply-to replies (``reply_to = amq.rabbitmq.reply-to``)."""
