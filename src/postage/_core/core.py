@@ -19,7 +19,7 @@ __all__ = ["Core", "HandlingOptions", "RetryPolicy", "Subscription", "open_core"
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .._exceptions import ConfigurationError, ConnectionError
@@ -200,13 +200,17 @@ class Core:
         return Properties(content_type=self.encoder.content_type, **values)
     # -- publishing (the outbound pipeline) -------------------------------------------
 
-    async def publish(
+    # The delegating methods below return their pipeline's coroutine instead of awaiting
+    # it: no extra frame per message (10,000 pending calls are 10,000 coroutine chains).
+
+    def publish(
         self, exchange: str, routing_key: str, body: bytes,
         properties: Properties | None = None, *, mandatory: bool = True,
         timeout: float | None = None, kind: str = "publish",
-    ) -> None:
-        await self.outbound.publish(exchange, routing_key, body, properties,
-                                    mandatory=mandatory, timeout=timeout, kind=kind)
+    ) -> Coroutine[Any, Any, None]:
+        """Publish through the outbound pipeline and wait for the broker's confirm."""
+        return self.outbound.publish(exchange, routing_key, body, properties,
+                                     mandatory=mandatory, timeout=timeout, kind=kind)
 
     async def publish_envelope(
         self, exchange: str, routing_key: str, envelope: Mapping[str, Any], *,
@@ -245,22 +249,22 @@ class Core:
     async def _start_replies(self) -> None:
         await self.rpc._start_replies()
 
-    async def call(
+    def call(
         self, exchange: str, routing_key: str, body: bytes,
         properties: Properties | None = None, *, timeout: float | None = None,
         mandatory: bool = True,
-    ) -> Delivery:
+    ) -> Coroutine[Any, Any, Delivery]:
         """Send a request and return the reply's delivery (see :meth:`RpcClient.call`)."""
-        return await self.rpc.call(exchange, routing_key, body, properties,
+        return self.rpc.call(exchange, routing_key, body, properties,
                                    timeout=timeout, mandatory=mandatory)
 
-    async def request(
+    def request(
         self, exchange: str, routing_key: str, body: bytes,
         properties: Properties | None = None, *, timeout: float | None = None,
         mandatory: bool = True, transform: Callable[[Delivery], Any] | None = None,
-    ) -> asyncio.Future[Any]:
+    ) -> Coroutine[Any, Any, asyncio.Future[Any]]:
         """Send a request; return a future of the reply (see :meth:`RpcClient.request`)."""
-        return await self.rpc.request(exchange, routing_key, body, properties,
+        return self.rpc.request(exchange, routing_key, body, properties,
                                       timeout=timeout, mandatory=mandatory, transform=transform)
 
     async def gather(
@@ -333,9 +337,9 @@ class Core:
 
     # -- blocking user code -----------------------------------------------------------
 
-    async def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Coroutine[Any, Any, T]:
         """Run blocking ``fn`` in a worker thread so the loop keeps serving the connection."""
-        return await self.workers.run(fn, *args, **kwargs)
+        return self.workers.run(fn, *args, **kwargs)
 
 
 def _fields(props: Properties) -> dict[str, Any]:
