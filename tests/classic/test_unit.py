@@ -11,8 +11,8 @@ import pytest
 
 from postage import ConfigurationError, EncodingError, messaging, microthreads
 from postage._api.classic import runtime as _runtime
-from postage._api.classic.messages import message_from_body
 from postage._api.classic.consumer import _pairs, queue_spec
+from postage._api.classic.messages import message_from_body
 from postage._api.classic.producer import _default_build
 from postage._wire.properties import QueueSpec
 

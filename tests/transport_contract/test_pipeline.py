@@ -248,3 +248,30 @@ def test_middleware_doc_examples_run(index: int, url: str, tmp_path: Path) -> No
                           text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == expected[index]
+
+
+async def test_quorum_queue_with_a_delivery_limit_dead_letters_at_the_limit(
+    url: str, names: Names
+) -> None:
+    """A consumer that is not Postage's keeps giving the message back: at the queue's
+    delivery limit the broker moves it to ``<queue>.dlq`` (it used to drop it)."""
+    queue = names.queue("quorum")
+    core = await open_core(url)
+    try:
+        await core.declare_queue(queue, quorum=True, delivery_limit=2)
+        await core.publish("", queue, b"poison")
+        returned: list[int] = []
+
+        async def give_back(delivery: Any) -> None:
+            returned.append(1)
+            await delivery.nack(requeue=True)
+
+        consumer = await core.transport.consume(queue, give_back, prefetch_count=1)
+        [dead] = await _drain_dlq(url, queue, 1)
+        await consumer.cancel()
+        assert dead.body == b"poison"
+        assert len(returned) == 3  # delivered, then 2 redeliveries: the limit
+        assert dead.headers["x-death"][0]["reason"] == "delivery_limit"
+        assert (await core.queue_state(queue))[0] == 0
+    finally:
+        await core.close(5)
