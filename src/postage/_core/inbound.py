@@ -310,9 +310,8 @@ class Subscription:
         headers.setdefault(HEADER_ROUTING_KEY, delivery.routing_key)
         headers.update(counts)
         try:
-            await self.core.transport.publish(
-                "", self.queue, delivery.body, replace(props, headers=headers),
-                mandatory=True)
+            await self.core.outbound.send_back(self.queue, delivery.body,
+                                               replace(props, headers=headers))
         except PostageError as perr:
             log.error("cannot send a message back to %r (%s); the broker redelivers it",
                       self.queue, perr)

@@ -103,6 +103,12 @@ class Outbound:
         await self.transport.publish_transient(
             message.exchange, message.routing_key, message.body, message.properties)
 
+    async def send_back(self, queue: str, body: bytes, props: Properties) -> None:
+        """Publish a received message again to the end of ``queue`` (a retry), confirmed,
+        through the default exchange; not through the middleware (it is not a new message:
+        middleware hears of it through ``retried``)."""
+        await self.transport.publish("", queue, body, props, mandatory=True)
+
     async def ensure_dlq(self, dlq: str) -> None:
         """Declare ``dlq`` (durable; a quorum queue when its source queue is one)."""
         if dlq in self._dlqs:

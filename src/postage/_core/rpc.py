@@ -107,10 +107,12 @@ class RpcClient:
             await asyncio.wait_for(asyncio.shield(task),
                                    self._core.settings.publish_timeout)
         except TimeoutError:
-            raise DeliveryTimeout((self._core.transport.blocked_reason and (
-                "the broker blocked this connection "
-                f"({self._core.transport.blocked_reason}: a memory or disk alarm): "
-                "cannot start receiving RPC replies")) or
+            blocked = self._core.transport.blocked_reason
+            if blocked is not None:
+                raise DeliveryTimeout(
+                    f"the broker blocked this connection ({blocked}: a memory or disk "
+                    "alarm): cannot start receiving RPC replies") from None
+            raise DeliveryTimeout(
                 "the broker did not start the RPC reply consumer in time") from None
         self._replies_started = True
 
