@@ -55,6 +55,7 @@ from .._exceptions import (
     PostageError,
     Reject,
 )
+from .._transport import HEADER_UNDECODABLE
 from .._wire.encoding import Encoder
 from .._wire.envelope import decode_envelope
 from .middleware import HandleNext, IncomingMessage, chain_handle, overrides
@@ -157,6 +158,7 @@ class Subscription:
         dlq = options.dead_letter_queue
         self.dead_letter_queue = f"{queue}.dlq" if dlq == "" else dlq
         self._handle: HandleNext = chain_handle(core.middleware, handler)
+        self._track = any(overrides(m, "reply") for m in core.middleware)
         self._notify_retry = [m for m in core.middleware if overrides(m, "retried")]
         self._notify_dead = [m for m in core.middleware if overrides(m, "dead_lettered")]
         self._max_size = (core.max_message_size if options.max_message_size is None
@@ -182,7 +184,10 @@ class Subscription:
             exchange, routing_key, attempt = delivery.exchange, delivery.routing_key, 1
         message = IncomingMessage(delivery, self.queue, str(exchange), str(routing_key),
                                   attempt)
-        handling = self.core._handling
+        if not self._track:
+            await self._process(message)
+            return
+        handling = self.core._handling  # reply middleware finds the request here
         handling[id(delivery)] = message
         try:
             await self._process(message)
@@ -209,6 +214,9 @@ class Subscription:
             await delivery.ack()
 
     def _check(self, message: IncomingMessage) -> None:
+        headers = message.delivery.headers
+        if headers and HEADER_UNDECODABLE in headers:
+            raise DecodingError(f"its headers table is {headers[HEADER_UNDECODABLE]}")
         body = message.delivery.body
         if len(body) > self._max_size:
             raise MessageTooLarge(

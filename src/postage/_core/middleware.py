@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConfigurationError
@@ -81,7 +81,13 @@ class IncomingMessage:
     routing_key: str
     attempt: int
     envelope: dict[str, Any] | None = None
-    state: dict[str, Any] = field(default_factory=dict)
+    _state: dict[str, Any] | None = None
+
+    @property
+    def state(self) -> dict[str, Any]:
+        if self._state is None:  # made on first use: most messages never need one
+            self._state = {}
+        return self._state
 
     @property
     def body(self) -> bytes:

@@ -6,10 +6,17 @@ broker is imported only when a ``memory://`` URL asks for it.
 
 from __future__ import annotations
 
-__all__ = ["DIRECT_REPLY_TO", "Consumer", "Delivery", "Transport", "transport_for"]
+__all__ = [
+    "DIRECT_REPLY_TO",
+    "HEADER_UNDECODABLE",
+    "Consumer",
+    "Delivery",
+    "Transport",
+    "transport_for",
+]
 
 from .._settings import ConnectionSettings
-from .base import DIRECT_REPLY_TO, Consumer, Delivery, Transport
+from .base import DIRECT_REPLY_TO, HEADER_UNDECODABLE, Consumer, Delivery, Transport
 
 
 def transport_for(settings: ConnectionSettings) -> Transport:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 __all__ = [
     "DIRECT_REPLY_TO",
+    "HEADER_UNDECODABLE",
     "Consumer",
     "Delivery",
     "DeliveryCallback",
@@ -34,6 +35,9 @@ from .._wire.properties import Binding, ExchangeSpec, Properties, QueueSpec
 log = logging.getLogger("postage.transport")
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+# set by a transport in place of a headers table it could not decode (why, as its value):
+# the inbound pipeline dead-letters such a message as undecodable
+HEADER_UNDECODABLE = "x-postage-undecodable-headers"
 _tag_counter = itertools.count(1)
 
 

@@ -44,6 +44,7 @@ from .connect import open_connection
 from .consumer import AmqpConsumer
 from .errors import is_link_failure, translate_error
 from .flow import watch_flow
+from .headers import install as install_headers_guard
 from .publisher import AmqpPublisher
 
 log = logging.getLogger("postage.transport")
@@ -82,6 +83,7 @@ class AmqpTransport(AmqpPublisher):
     # -- life cycle -------------------------------------------------------------------
 
     async def open(self) -> None:
+        install_headers_guard()  # a header table nested too deep must not kill the link
         """Connect to the first broker that answers; raise a Postage error if none does."""
         if self._connection is not None:
             return
