@@ -113,7 +113,7 @@ def _complete(piece: str, previous: str | None) -> str:
     if "://" in piece:
         return piece
     if previous is None:
-        raise ConfigurationError(f"not a broker URL: {piece!r}")
+        raise ConfigurationError(f"not a broker URL: {redact_url(piece)!r}")
     prev = urlsplit(previous)
     userinfo = prev.netloc.rpartition("@")[0]
     host, slash, rest = piece.partition("/")
@@ -136,6 +136,12 @@ def _share_path(parts: list[str]) -> list[str]:
 
 
 def _check_url(url: str) -> None:
+    raw = _raw_userinfo(url)
+    if raw is not None and any(c in raw for c in "#/?"):
+        raise ConfigurationError(
+            f"the user name or password in {redact_url(url)} contains '#', '/' or '?', "
+            "which end that part of a URL: percent-encode them (# as %23, / as %2F, "
+            "? as %3F; urllib.parse.quote(password, safe='') does it)")
     try:
         sp = urlsplit(url)
         sp.port  # noqa: B018 - raises ValueError for a bad port
@@ -153,16 +159,26 @@ def _check_url(url: str) -> None:
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***``: safe to log or print."""
-    try:
-        sp = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if sp.password is None:
+    """The URL with its password replaced by ``***``: safe to log or print.
+
+    Read from the text itself, not from a URL parser, so that a password with an
+    unencoded ``#``, ``/``, ``?`` or ``@`` (which a parser cuts elsewhere) is hidden too:
+    everything between ``://`` and the last ``@`` is user information.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<not a URL>" if "@" in url else url
+    at = rest.rfind("@")
+    if at < 0:
         return url
-    userinfo, _, hostinfo = sp.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return sp._replace(netloc=f"{user}:***@{hostinfo}").geturl()
+    user, colon, _password = rest[:at].partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}{rest[at:]}"
+
+
+def _raw_userinfo(url: str) -> str | None:
+    rest = url.partition("://")[2]
+    at = rest.rfind("@")
+    return rest[:at] if at >= 0 else None
 
 
 def url_from_environment(environ: Mapping[str, str] | None = None) -> str:

@@ -106,3 +106,29 @@ def test_bad_url_errors_do_not_echo_the_password() -> None:
         with pytest.raises(postage.ConfigurationError) as info:
             ConnectionSettings.from_url(url)
         _assert_clean(_everything_said(info.value))
+
+
+@pytest.mark.parametrize("char", ["#", "/", "?"])
+def test_a_password_with_an_unencoded_url_character_is_never_echoed(char: str) -> None:
+    url = f"amqp://u:Mq7{char}hashpw@127.0.0.1:5687/vh"
+    assert "hashpw" not in redact_url(url) and redact_url(url).startswith("amqp://u:***@")
+    for attempt in (lambda: ConnectionSettings.from_url(url), lambda: postage.connect(url)):
+        with pytest.raises(postage.ConfigurationError) as info:
+            attempt()
+        said = _everything_said(info.value)
+        assert "hashpw" not in said and "Mq7" not in said, said
+        assert {"%23": "#", "%2F": "/", "%3F": "?"}.keys() <= set(said.split()) or \
+            "percent-encode" in said
+
+
+@pytest.mark.parametrize("char", ["#", "/", "?"])
+def test_the_cli_never_prints_such_a_password(char: str) -> None:
+    import subprocess
+    import sys
+
+    url = f"amqp://u:Mq7{char}hashpw@127.0.0.1:5687/vh"
+    proc = subprocess.run([sys.executable, "-m", "postage", "--url", url, "ping"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "hashpw" not in proc.stderr + proc.stdout, proc.stderr
+    assert "percent-encode" in proc.stderr
