@@ -262,10 +262,12 @@ class Core:
         self, exchange: str, routing_key: str, body: bytes,
         properties: Properties | None = None, *, timeout: float | None = None,
         mandatory: bool = True, transform: Callable[[Delivery], Any] | None = None,
+        expire: bool = True,
     ) -> Coroutine[Any, Any, asyncio.Future[Any]]:
         """Send a request; return a future of the reply (see :meth:`RpcClient.request`)."""
         return self.rpc.request(exchange, routing_key, body, properties,
-                                      timeout=timeout, mandatory=mandatory, transform=transform)
+                                timeout=timeout, mandatory=mandatory, transform=transform,
+                                expire=expire)
 
     async def gather(
         self, exchange: str, routing_key: str, body: bytes,

@@ -16,6 +16,7 @@ import functools
 import heapq
 import itertools
 import logging
+import math
 import os
 from collections.abc import Callable
 from dataclasses import replace
@@ -57,6 +58,20 @@ class _PendingCall:
         pending = self.pending
         if pending is not None and pending.get(self.cid) is self:
             del pending[self.cid]
+
+
+# The longest per-message TTL a request is given (about 24 days, the broker's limit is
+# higher): a longer deadline sends no expiration at all.
+MAX_EXPIRATION_MS = 2**31 - 1
+
+
+def expiration(props: Properties, timeout: float) -> str | None:
+    """The ``expiration`` of a request whose caller waits ``timeout`` seconds: the broker
+    drops it once nobody waits for its answer (one already set is kept)."""
+    if props.expiration is not None:
+        return props.expiration
+    ms = math.ceil(timeout * 1000)
+    return str(max(1, ms)) if ms <= MAX_EXPIRATION_MS else None
 
 
 class RpcClient:
@@ -164,6 +179,7 @@ class RpcClient:
         self, exchange: str, routing_key: str, body: bytes,
         properties: Properties | None = None, *, timeout: float | None = None,
         mandatory: bool = True, transform: Callable[[Delivery], Any] | None = None,
+        expire: bool = True,
     ) -> asyncio.Future[Any]:
         """Send a request; once the broker has confirmed it, return a future of the reply.
 
@@ -173,17 +189,19 @@ class RpcClient:
         future forgets the call. The confirm itself is awaited for at most
         ``min(timeout, publish_timeout)``. With ``transform``, the future holds
         ``transform(reply)`` instead (or what it raised): an API decoding replies needs
-        no second future chained to this one.
+        no second future chained to this one. ``expire=False``: the request stays queued
+        after the caller stopped waiting (a task, whose work matters without its result).
         """
         _cid, future = await self._request(
-            exchange, routing_key, body, properties, timeout, mandatory, transform, True
+            exchange, routing_key, body, properties, timeout, mandatory, transform, True,
+            expire,
         )
         return future
 
     async def _request(
         self, exchange: str, routing_key: str, body: bytes, properties: Properties | None,
         timeout: float | None, mandatory: bool, transform: Callable[[Delivery], Any] | None,
-        forget_on_cancel: bool,
+        forget_on_cancel: bool, expire: bool = True,
     ) -> tuple[str, asyncio.Future[Any]]:
         if not self._replies_started:
             await self._start_replies()
@@ -193,7 +211,8 @@ class RpcClient:
         timeout = self._core.rpc_timeout if timeout is None else timeout
         props = properties if properties is not None else Properties()
         cid = props.correlation_id or self.new_correlation_id()
-        props = replace(props, correlation_id=cid, reply_to=DIRECT_REPLY_TO)
+        props = replace(props, correlation_id=cid, reply_to=DIRECT_REPLY_TO,
+                        expiration=expiration(props, timeout) if expire else props.expiration)
         future: asyncio.Future[Any] = loop.create_future()
         call = _PendingCall(future)
         call.transform = transform
@@ -281,7 +300,8 @@ class RpcClient:
         deadline = loop.time() + timeout
         props = properties if properties is not None else Properties()
         cid = props.correlation_id or self.new_correlation_id()
-        props = replace(props, correlation_id=cid, reply_to=DIRECT_REPLY_TO)
+        props = replace(props, correlation_id=cid, reply_to=DIRECT_REPLY_TO,
+                        expiration=expiration(props, timeout))
         replies: list[Delivery] = []
         done: asyncio.Future[Delivery] = loop.create_future()
 

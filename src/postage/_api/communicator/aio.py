@@ -233,9 +233,10 @@ class AsyncCommunicator:
             await self.core.publish(exchange, queue, body, props, mandatory=True)
             return None
         timeout = self.options.task_timeout
+        # no expiration: the task is worth doing even when nobody waits for its result
         reply = await self.core.request(exchange, queue, body, props,
                                         timeout=NO_DEADLINE if timeout is None else timeout,
-                                        transform=self._result_value)
+                                        transform=self._result_value, expire=False)
         return self._track(reply)
 
     # -- RPC --------------------------------------------------------------------------
