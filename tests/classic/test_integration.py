@@ -150,7 +150,9 @@ def test_rpc_returns_message_objects(setup: Any) -> None:
         assert isinstance(failed, messaging.MessageResultException) and not failed
         assert failed.body["content"]["value"] == "KeyError"
         assert "no such thing" in failed.body["content"]["message"]
-        assert "Traceback" in failed.body["_reserved"]["traceback"]
+        # as Postage 1.2 sent it: no traceback, no fingerprint of the server (opt-in)
+        assert "traceback" not in failed.body["_reserved"]
+        assert not failed.body["fingerprint"]
         queue_name = producer.rpc_queue_echo("via queue")
         assert queue_name.startswith("postage.classic.reply.")
         answer = producer.consume_rpc(queue_name, timeout=15)

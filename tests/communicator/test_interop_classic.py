@@ -8,6 +8,7 @@ on the wire), then with ``postage.messaging`` itself.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 import postage
+from postage._api.communicator import open_communicator
 from postage._core.core import open_core
 from postage._transport import Delivery
 from postage._wire.envelope import build_envelope, result_content
@@ -63,7 +65,18 @@ async def test_classic_request_sees_a_remote_exception(
         envelope = core.decode_envelope(reply)
         assert envelope["content"] == {"type": "exception", "value": "LookupError",
                                        "message": "nothing here"}
-        assert "fails" in envelope["_reserved"]["traceback"]
+        # the server's internals are not disclosed by default
+        assert envelope["_reserved"] == {} and envelope["fingerprint"] == {}
+        detailed = await open_communicator(broker_url, error_details=True)
+        try:
+            await detailed.add_rpc_subscriber(fails, f"{ident}.detailed")
+            reply = await core.call("postage.rpc", f"{ident}.detailed",
+                                    core.encode(request), core.properties(), timeout=10)
+            envelope = core.decode_envelope(reply)
+            assert "fails" in envelope["_reserved"]["traceback"]  # opted in
+            assert envelope["fingerprint"]["pid"] == os.getpid()
+        finally:
+            await detailed.close(5)
     finally:
         await core.close()
 

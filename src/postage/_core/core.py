@@ -59,7 +59,9 @@ class Core:
 
     ``middleware``: :class:`~postage.Middleware` objects around every message sent and
     handled on this connection (the first one outermost). ``max_workers``: threads for
-    blocking handlers, started on demand (default 512).
+    blocking handlers, started on demand (default 512). ``error_details``: error replies
+    carry the remote traceback and the server's fingerprint (off by default: they
+    disclose file paths, pid, host and user to any caller).
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class Core:
         max_workers: int | None = None,
         transport: Transport | None = None,
         middleware: Sequence[Middleware] = (),
+        error_details: bool = False,
     ) -> None:
         self.settings = settings or ConnectionSettings.from_url(None)
         # ``transport``: another transport (e.g. a MemoryTransport); memory:// URLs get one
@@ -84,6 +87,9 @@ class Core:
         self.rpc_timeout = rpc_timeout
         self.accept_content_types = frozenset(accept_content_types)
         self.middleware = check_middleware(middleware)
+        # error replies carry the traceback and the server's fingerprint (opt-in: they
+        # show file paths, pid, host and user to any caller)
+        self.error_details = error_details
         self.outbound = Outbound(self.transport, self.middleware, max_message_size)
         self.rpc = RpcClient(self)
         if max_workers is not None and max_workers < 1:

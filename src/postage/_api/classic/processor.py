@@ -10,10 +10,11 @@ are handled one at a time, as in the original (prefetch 1 per queue and a lock).
 
 Handler outcome: the message is acked when the handlers return. When one raises, the
 others still run, the error is logged, an RPC request that got no reply yet is answered
-with ``MessageResultException(type name, str(exc))`` (traceback in
-``_reserved["traceback"]``), then the processor's ``retry_policy`` applies; the classic
-default is ``RetryPolicy(max_attempts=1)``: straight to ``<queue>.dlq``, never requeued
-forever (the original rejected such messages, losing them).
+with ``MessageResultException(type name, str(exc))`` (the traceback in
+``_reserved["traceback"]`` and the processor's fingerprint only when ``error_details``),
+then the processor's ``retry_policy`` applies; the classic default is
+``RetryPolicy(max_attempts=1)``: straight to ``<queue>.dlq``, never requeued forever (the
+original rejected such messages, losing them).
 
 Filters (``@MessageFilter(f)``) see a deep copy of the full body; ``f`` may change it in
 place or return a new body, which the handler then receives; if ``f`` raises, that
@@ -143,7 +144,9 @@ class _Reply:
         self._lock = threading.Lock()
         self.sent = False
 
-    def __call__(self, message: Any) -> None:
+    def __call__(self, message: Any, *, stamp: bool = True) -> None:
+        """Send ``message`` (a value is sent as a MessageResult) with the processor's
+        fingerprint unless it has one (``stamp=False``: without)."""
         with self._lock:
             if self.sent:
                 log.warning("reply_func called again; only the first reply is sent")
@@ -151,7 +154,7 @@ class _Reply:
             self.sent = True
         if not isinstance(message, Message):
             message = MessageResult(message)
-        if not message.body.get("fingerprint"):
+        if stamp and not message.body.get("fingerprint"):
             message.fingerprint(**self._processor.fingerprint)
         consumer = self._processor.consumer
         body = consumer.encoder.encode(message.body)
@@ -173,6 +176,9 @@ class MessageProcessor(MicroThread):
     # How the default ``restart`` command starts the new run: "exec" (in place, same pid)
     # or "spawn" (a new process with a new pid; this one exits). See restart().
     restart_mode: ClassVar[str] = "exec"
+    # The exception reply of a failed RPC handler carries the traceback and the
+    # processor's fingerprint (opt-in: they disclose paths, pid, host and user).
+    error_details: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -300,7 +306,8 @@ class MessageProcessor(MicroThread):
                               getattr(obj, "__name__", obj), body["name"])
                 first_error = first_error or exc
                 if reply is not None and not reply.sent:
-                    _answer_exception(reply, exc)
+                    _answer_exception(reply, exc, self.error_details
+                                      or self.consumer.core.error_details)
         return first_error
 
 
@@ -322,11 +329,14 @@ def _filtered(obj: Any, body: dict[str, Any]) -> dict[str, Any] | None:
     return data
 
 
-def _answer_exception(reply: _Reply, exc: Exception) -> None:
+def _answer_exception(reply: _Reply, exc: Exception, details: bool) -> None:
+    """Tell the caller: ``MessageResultException(type name, message)``, as Postage 1.2
+    did; the traceback and the processor's fingerprint only with ``details``."""
     answer = MessageResultException(type(exc).__name__, str(exc))
-    answer.body["_reserved"]["traceback"] = traceback.format_exc()
+    if details:
+        answer.body["_reserved"]["traceback"] = traceback.format_exc()
     try:
-        reply(answer)
+        reply(answer, stamp=details)
     except Exception:
         log.exception("cannot send the exception reply")
 

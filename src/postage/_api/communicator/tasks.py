@@ -34,7 +34,8 @@ class EnvelopeReplies:
         return self._core.encode(_wire.success_envelope(self._name, value, self._fingerprint))
 
     def error(self, message: IncomingMessage, exc: BaseException) -> bytes:
-        envelope = _wire.exception_envelope(self._name, exc, self._fingerprint)
+        envelope = _wire.exception_envelope(self._name, exc, self._fingerprint,
+                                            details=self._core.error_details)
         try:
             return self._core.encode(envelope)
         except EncodingError:  # a message that cannot be encoded: send its repr

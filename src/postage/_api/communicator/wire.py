@@ -65,8 +65,13 @@ def success_envelope(name: str, value: Any, fingerprint: Mapping[str, Any]) -> d
 
 
 def exception_envelope(
-    name: str, exc: BaseException, fingerprint: Mapping[str, Any]
+    name: str, exc: BaseException, fingerprint: Mapping[str, Any], *, details: bool = False
 ) -> dict[str, Any]:
+    """The reply telling a caller that ``exc`` was raised: its type and message; with
+    ``details``, also the traceback and the server's fingerprint (opt-in)."""
+    if not details:
+        return build_envelope(RESULT_TYPE, name, "message",
+                              result_content("exception", type(exc).__name__, str(exc)), {})
     text = "".join(traceback.format_exception(exc))[-MAX_TRACEBACK:]
     return build_envelope(
         RESULT_TYPE, name, "message",
