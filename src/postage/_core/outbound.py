@@ -134,7 +134,10 @@ class Outbound:
                                           routing_key=routing_key, attempts=attempts)
             await self.transport.publish(
                 "", dlq, delivery.body,
-                replace(delivery.properties, headers=headers, delivery_mode=PERSISTENT),
+                # kept until an operator looks: persistent, and never expiring (an RPC
+                # request's expiration was its caller's deadline)
+                replace(delivery.properties, headers=headers, delivery_mode=PERSISTENT,
+                        expiration=None),
                 mandatory=True,
             )
         except PostageError as exc:
