@@ -4,12 +4,15 @@ Components come from presence (a probe at start, then the ``online``/``heartbeat
 ``offline`` messages): name, type, pid, host, groups, status (``online``, ``offline``, or
 ``DEAD`` after three silent heartbeat intervals) and when each was last heard of.
 
-Queues come from the management HTTP API when it answers (``--management-url``, default
-``http://HOST:15672`` of the broker URL, with the URL's credentials): every queue of the
-vhost with its depth, consumers and publish/deliver rates. Otherwise from AMQP (passive
-declares): the queues of the live GenericApplications (``name``, ``name@host``,
-``pid@host``, ``name#group``) and the ``--queue`` ones, with depth and consumers; the
-rates are then computed from the depth change between two refreshes (``-`` at first).
+Queues come from the management HTTP API when one is named (``--management-url`` or
+``POSTAGE_MANAGEMENT_URL``; never guessed) and answers: every queue of the vhost with its
+depth, consumers and publish/deliver rates. Its credentials are its own: the user
+information of that URL, else ``POSTAGE_MANAGEMENT_USER``/``POSTAGE_MANAGEMENT_PASSWORD``,
+else the broker URL's. With an ``amqps://`` broker URL it must be ``https://`` (or on this
+machine). Otherwise queues come from AMQP (passive declares): the queues of the live
+GenericApplications (``name``, ``name@host``, ``pid@host``, ``name#group``) and the
+``--queue`` ones, with depth and consumers; the rates are then computed from the depth
+change between two refreshes (``-`` at first).
 
 The view refreshes in place every ``--interval`` seconds until Ctrl-C; ``--once`` prints
 one snapshot (plain text) and exits.
@@ -22,11 +25,12 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -55,7 +59,8 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--probe-timeout", type=float, default=1.0,
                         help="seconds to wait for components to answer the presence probe")
     parser.add_argument("--management-url", default=None,
-                        help="management API base URL (default: http://HOST:15672 of --url)")
+                        help="management API base URL, e.g. https://HOST:15671 (default: "
+                             "$POSTAGE_MANAGEMENT_URL; none: queues from AMQP)")
     parser.add_argument("--no-management", action="store_true",
                         help="use AMQP only for queue figures")
     parser.add_argument("--queue", action="append", default=[], metavar="QUEUE",
@@ -75,25 +80,49 @@ class QueueFigures:
     deliver_rate: float | None = None
 
 
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
 @dataclass(frozen=True, slots=True)
 class Management:
-    """Where the management API is and how to log in (kept out of any output)."""
+    """Where the management API is and how to log in (the password is kept out of any
+    output, its repr included)."""
 
     base: str
     user: str
-    password: str
-    vhost: str
+    password: str = field(repr=False)
+    vhost: str = "/"
 
     @classmethod
-    def for_url(cls, amqp_url: str, base: str | None) -> Management:
-        sp = urlsplit(amqp_url)
-        vhost = unquote(sp.path[1:]) if len(sp.path) > 1 else "/"
+    def for_url(cls, amqp_url: str, base: str | None,
+                environ: Mapping[str, str] | None = None) -> Management | None:
+        """The management API named by ``base`` (or ``POSTAGE_MANAGEMENT_URL``), None when
+        none is: it is never guessed, and credentials never go to a guessed endpoint."""
+        env = os.environ if environ is None else environ
+        base = base or env.get("POSTAGE_MANAGEMENT_URL") or None
         if base is None:
-            base = f"http://{sp.hostname or '127.0.0.1'}:15672"
-        if urlsplit(base).scheme not in ("http", "https"):
-            raise ConfigurationError(f"--management-url must be http(s)://, not {base!r}")
-        return cls(base.rstrip("/"), unquote(sp.username or "guest"),
-                   unquote(sp.password or "guest"), vhost)
+            return None
+        sp, mp = urlsplit(amqp_url), urlsplit(base)
+        if mp.scheme not in ("http", "https"):
+            raise ConfigurationError(
+                f"--management-url must be http(s)://, not {redact_url(base)!r}")
+        if sp.scheme == "amqps" and mp.scheme != "https" and mp.hostname not in _LOOPBACK:
+            raise ConfigurationError(
+                "the broker URL uses TLS: the management URL must be https:// too (its "
+                "credentials would cross the network in clear)")
+        vhost = unquote(sp.path[1:]) if len(sp.path) > 1 else "/"
+        if mp.username is not None:  # its own credentials, in the management URL
+            user, password = unquote(mp.username), unquote(mp.password or "")
+        elif env.get("POSTAGE_MANAGEMENT_USER"):
+            user = env["POSTAGE_MANAGEMENT_USER"]
+            password = env.get("POSTAGE_MANAGEMENT_PASSWORD", "")
+        else:
+            user, password = unquote(sp.username or "guest"), unquote(sp.password or "guest")
+        netloc = mp.hostname or ""
+        if mp.port is not None:
+            netloc = f"{netloc}:{mp.port}"
+        clean = mp._replace(netloc=netloc).geturl().rstrip("/")
+        return cls(clean, user, password, vhost)
 
     def fetch_queues(self) -> list[QueueFigures]:
         """Every queue of the vhost (blocking: call it in a thread)."""
