@@ -131,18 +131,27 @@ def test_generated_certificates_verify(tmp_path: Path) -> None:
 def test_cli_start_status_connect_stop(tmp_path: Path) -> None:
     # tmp_path is under pytest's 0700 directory: this also covers the data-dir fallback.
     port = free_port_pair()
+    [tls_port] = find_free_ports(1)
     directory = str(tmp_path / "broker")
-    started = postage("broker", "start", "--dir", directory, "--port", str(port))
+    started = postage("broker", "start", "--dir", directory, "--port", str(port), "--tls",
+                      "--tls-port", str(tls_port))
     try:
         assert started.returncode == 0, started.stderr
         url = started.stdout.splitlines()[0]
         assert url == f"amqp://guest:guest@127.0.0.1:{port}/"
+        assert started.stdout.splitlines()[1] == f"amqps://guest:guest@127.0.0.1:{tls_port}/"
+        # where the certificates are, to give a client (stderr: stdout lists only URLs)
+        said = [line for line in started.stderr.splitlines() if line.startswith("TLS files")]
+        assert len(said) == 1 and "CA " in said[0], started.stderr
+        ca = Path(said[0].split("CA ", 1)[1].split(",", 1)[0])
+        assert ca.is_file()
 
         status = postage("broker", "status", "--dir", directory)
         assert status.returncode == 0, status.stderr
         assert f"postage-{port}@localhost running {url}" in status.stdout
 
-        again = postage("broker", "start", "--dir", directory, "--port", str(port))
+        again = postage("broker", "start", "--dir", directory, "--port", str(port), "--tls",
+                        "--tls-port", str(tls_port))
         assert (again.returncode, again.stdout) == (0, started.stdout)
 
         assert roundtrip(pika.URLParameters(url)) == b"hello"

@@ -98,6 +98,7 @@ def run_start(args: argparse.Namespace) -> int:
     nodes = read_state(directory)
     if nodes and _already_running(nodes, directory, args.dir):
         print("\n".join(_urls(nodes)))
+        _say_tls_files(nodes)
         return 0
     cluster = _plan_cluster(args, directory)
     for node in cluster.nodes:  # throwaway nodes: every start is a fresh one
@@ -114,7 +115,16 @@ def run_start(args: argparse.Namespace) -> int:
         remove_state(directory)
         raise
     print("\n".join(_urls(cluster.nodes)))
+    _say_tls_files(cluster.nodes)
     return 0
+
+
+def _say_tls_files(nodes: list[LocalNode]) -> None:
+    """Where a TLS listener's certificates are (on stderr: stdout lists only URLs)."""
+    for node in nodes:
+        if node.tls_port is not None:
+            print(f"TLS files of {node.node_name}: CA {node.ca_file}, client certificate "
+                  f"{node.client_cert}, client key {node.client_key}", file=sys.stderr)
 
 
 def _already_running(nodes: list[LocalNode], directory: Path, given: Path) -> bool:
