@@ -22,8 +22,13 @@ from typing import Any
 from postage import connect, messaging, microthreads
 
 
+_out = threading.Lock()
+
+
 def _say(text: str) -> None:
-    print(text, flush=True)
+    with _out:  # one line at a time: handlers print from worker threads
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 
 
 def _exchange(queue: str) -> type[messaging.Exchange]:
