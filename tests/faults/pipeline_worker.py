@@ -21,7 +21,6 @@ from typing import Any
 
 from postage import connect, messaging, microthreads
 
-
 _out = threading.Lock()
 
 
