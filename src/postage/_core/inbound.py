@@ -165,6 +165,10 @@ class Subscription:
                           else options.max_message_size)
         self._accept = core.accept_content_types | options.accept_content_types
         self._encoder = options.encoder or core.encoder
+        self._decode = options.envelope
+        self._replies = options.replies
+        # a message the broker redelivers is counted (only where retries make sense)
+        self._counts = options.errors == "retry" and self.dead_letter_queue is not None
 
     async def cancel(self, timeout: float = 10.0) -> None:
         """Stop consuming; wait for handlers in progress (up to ``timeout``)."""
@@ -184,25 +188,15 @@ class Subscription:
             exchange, routing_key, attempt = delivery.exchange, delivery.routing_key, 1
         message = IncomingMessage(delivery, self.queue, str(exchange), str(routing_key),
                                   attempt)
-        if not self._track:
-            await self._process(message)
-            return
-        handling = self.core._handling  # reply middleware finds the request here
-        handling[id(delivery)] = message
+        if self._track:  # reply middleware finds the request here
+            self.core._handling[id(delivery)] = message
         try:
-            await self._process(message)
-        finally:
-            handling.pop(id(delivery), None)
-
-    async def _process(self, message: IncomingMessage) -> None:
-        delivery = message.delivery
-        try:
-            if delivery.redelivered and self._counts_redeliveries():
+            if delivery.redelivered and self._counts:
                 await self._redelivered(message)
                 return
-            self._check(message)
+            self._check(message, headers)
             result = await self._handle(message)
-            if delivery.reply_to and self.options.replies is not None:
+            if self._replies is not None and delivery.reply_to:
                 await self._reply(message, result)
         except asyncio.CancelledError:
             await delivery.nack(requeue=True)
@@ -210,18 +204,20 @@ class Subscription:
         except Exception as exc:
             await self._failed(message, exc)
             return
+        finally:
+            if self._track:
+                self.core._handling.pop(id(delivery), None)
         if not delivery.settled:
             await delivery.ack()
 
-    def _check(self, message: IncomingMessage) -> None:
-        headers = message.delivery.headers
+    def _check(self, message: IncomingMessage, headers: dict[str, Any]) -> None:
         if headers and HEADER_UNDECODABLE in headers:
             raise DecodingError(f"its headers table is {headers[HEADER_UNDECODABLE]}")
         body = message.delivery.body
         if len(body) > self._max_size:
             raise MessageTooLarge(
                 f"body of {len(body)} bytes is over the limit of {self._max_size}")
-        if self.options.envelope:
+        if self._decode:
             message.envelope = decode_envelope(
                 body, message.delivery.content_type, self._encoder,
                 max_size=self._max_size, accept=self._accept)
@@ -278,14 +274,6 @@ class Subscription:
                       self.queue, message.attempt, error, exc_info=exc)
         await self._answer(message, exc)
         await self.dead_letter(message, reason, error)
-
-    def _counts_redeliveries(self) -> bool:
-        return (self.options.errors == "retry" and self.dead_letter_queue is not None
-                and not self.consumer_no_ack)
-
-    @property
-    def consumer_no_ack(self) -> bool:
-        return self.consumer is not None and self.consumer.no_ack
 
     async def _redelivered(self, message: IncomingMessage) -> None:
         count = _int_header(message.headers, HEADER_REDELIVERIES) + 1
