@@ -366,3 +366,18 @@ async def test_presence_watcher_on_a_client_sees_an_announcing_communicator(
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
         assert name not in {s.fingerprint.get("name") for s in watcher.components()}
+
+
+async def test_raw_replies_carry_no_content_type(client: AsyncClient, names: Names) -> None:
+    """A raw body is not JSON: its reply says nothing of a content type (as the request's
+    own handler returned bytes), and echoes the correlation id."""
+    exchange, queue = names.exchange(), names.queue()
+
+    async def upper(body: bytes) -> bytes:
+        return body.upper()
+
+    await client.receive(exchange, "k", queue, upper)
+    reply = await client.core.call(exchange, "k", b"abc", timeout=10)
+    assert reply.body == b"ABC"
+    assert reply.content_type is None
+    assert reply.correlation_id is not None

@@ -56,6 +56,8 @@ class _RawReplies:
     """A receive handler's result is the reply body itself (bytes or str); errors are
     not answered (the sender of a raw request times out or reads the dead-letter queue)."""
 
+    content_type: str | None = None
+
     def result(self, message: IncomingMessage, value: Any) -> bytes | None:
         return None if value is None else to_bytes(value)
 

@@ -20,6 +20,7 @@ __all__ = ["Core", "HandlingOptions", "RetryPolicy", "Subscription", "open_core"
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from .._exceptions import ConfigurationError, ConnectionError
@@ -239,7 +240,7 @@ class Core:
         props = properties if properties is not None else self.properties()
         cid = request.correlation_id
         if cid is not None and props.correlation_id != cid:
-            props = Properties(**{**_fields(props), "correlation_id": cid})
+            props = replace(props, correlation_id=cid)
         return await self.outbound.reply(reply_to, body, props,
                                          self._handling.get(id(request)))
 
@@ -348,10 +349,6 @@ class Core:
     def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Coroutine[Any, Any, T]:
         """Run blocking ``fn`` in a worker thread so the loop keeps serving the connection."""
         return self.workers.run(fn, *args, **kwargs)
-
-
-def _fields(props: Properties) -> dict[str, Any]:
-    return {name: getattr(props, name) for name in Properties.__dataclass_fields__}
 
 
 async def open_core(url: str | None = None, **options: Any) -> Core:

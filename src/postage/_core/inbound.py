@@ -58,6 +58,7 @@ from .._exceptions import (
 from .._transport import HEADER_UNDECODABLE
 from .._wire.encoding import Encoder
 from .._wire.envelope import decode_envelope
+from .._wire.properties import Properties
 from .middleware import HandleNext, IncomingMessage, chain_handle, overrides
 
 if TYPE_CHECKING:
@@ -100,7 +101,10 @@ class RetryPolicy:
 
 
 class Replies(Protocol):
-    """How an API encodes what is sent to ``reply_to``: a result, or an error."""
+    """How an API encodes what is sent to ``reply_to``: a result, or an error, with
+    ``content_type`` (None for raw bodies)."""
+
+    content_type: str | None
 
     def result(self, message: IncomingMessage, value: Any) -> bytes | None:
         """The reply body for ``value`` (None: no reply); EncodingError if it cannot be."""
@@ -230,7 +234,12 @@ class Subscription:
         except EncodingError as exc:
             raise Reject(f"the handler returned a value that cannot be sent: {exc}") from None
         if body is not None:
-            await self.core.reply(message.delivery, body, self.core.properties())
+            await self.core.reply(message.delivery, body, self._reply_properties(message))
+
+    def _reply_properties(self, message: IncomingMessage) -> Properties:
+        replies = self._replies
+        return Properties(content_type=replies.content_type if replies is not None else None,
+                          correlation_id=message.delivery.correlation_id)
 
     async def _answer(self, message: IncomingMessage, exc: BaseException) -> None:
         """Tell the sender (if it waits for a reply) that its message failed for good."""
@@ -243,7 +252,7 @@ class Subscription:
             log.exception("cannot encode the error reply")
             return
         if body is not None:
-            await self.core.reply(message.delivery, body, self.core.properties())
+            await self.core.reply(message.delivery, body, self._reply_properties(message))
 
     # -- outcomes -------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ class EnvelopeReplies:
         self._core = comm.core
         self._name = name
         self._fingerprint = comm._fingerprint
+        self.content_type: str | None = comm.core.encoder.content_type
 
     def result(self, message: IncomingMessage, value: Any) -> bytes:
         return self._core.encode(_wire.success_envelope(self._name, value, self._fingerprint))
