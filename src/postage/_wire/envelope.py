@@ -52,16 +52,26 @@ def build_envelope(
     fingerprint: Mapping[str, Any] | None = None,
     reserved: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Return a new envelope dictionary."""
+    """Return a new envelope dictionary: one that :func:`decode_envelope` accepts, or an
+    EncodingError (the builder and the decoder check the same rules)."""
     if category not in CATEGORIES:
         raise EncodingError(f"category must be 'message' or 'rpc', not {category!r}")
+    if not isinstance(type, str) or not type:
+        raise EncodingError(f"the type must be a non-empty string, not {type!r}")
+    if not isinstance(name, str):
+        raise EncodingError(f"the name must be a string, not {name!r}")
+    content = {} if content is None else content
+    if type == "result" and (not isinstance(content, dict)
+                             or content.get("type") not in RESULT_KINDS):
+        raise EncodingError("a result's content must be result_content(success|error|"
+                            f"exception, ...), not {content!r}"[:300])
     return {
         "type": type,
         "name": name,
         "category": category,
         "version": VERSION,
         "fingerprint": dict(fingerprint) if fingerprint else {},
-        "content": {} if content is None else content,
+        "content": content,
         "_reserved": dict(reserved) if reserved else {},
     }
 
