@@ -222,3 +222,10 @@ def test_cluster(cluster) -> None:
     assert sorted(cluster.running_nodes()) == names
     for url in cluster.urls:
         assert roundtrip(pika.URLParameters(url)) == b"hello"
+
+
+def test_cli_version() -> None:
+    import postage as package
+
+    proc = postage("--version")
+    assert (proc.returncode, proc.stdout.strip()) == (0, f"postage {package.__version__}")

@@ -275,3 +275,27 @@ async def test_quorum_queue_with_a_delivery_limit_dead_letters_at_the_limit(
         assert (await core.queue_state(queue))[0] == 0
     finally:
         await core.close(5)
+
+
+async def test_names_over_255_bytes_are_refused_before_anything_is_sent(
+    url: str, names: Names
+) -> None:
+    long_name = "q" * 200 + "é" * 30  # 260 bytes of UTF-8, 230 characters
+    fits = "q" * 255
+    async with postage.AsyncClient(url) as client:
+        for attempt in (
+            lambda: client.publish("", long_name, b"x"),
+            lambda: client.publish(long_name, "k", b"x"),
+            lambda: client.core.declare_queue(long_name),
+            lambda: client.core.declare_exchange(long_name),
+            lambda: client.rpc("", long_name, b"x", timeout=1),
+        ):
+            with pytest.raises(postage.ConfigurationError, match="255"):
+                await attempt()
+        # the connection is fine (nothing was sent), and 255 bytes still fit
+        queue = names.queue()
+        await client.core.declare_queue(queue)
+        await client.publish("", queue, b"ok")
+        with pytest.raises(postage.Unroutable):
+            await client.publish("", fits, b"x")
+        assert client.core.transport.reconnections == 0

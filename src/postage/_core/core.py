@@ -28,7 +28,14 @@ from .._settings import ConnectionSettings
 from .._transport import Delivery, Transport, transport_for
 from .._wire.encoding import Encoder, check_encoder, default_encoder
 from .._wire.envelope import DEFAULT_MAX_SIZE, decode_envelope
-from .._wire.properties import PERSISTENT, Binding, ExchangeSpec, Properties, QueueSpec
+from .._wire.properties import (
+    PERSISTENT,
+    Binding,
+    ExchangeSpec,
+    Properties,
+    QueueSpec,
+    check_name,
+)
 from .inbound import (
     HEADER_ATTEMPTS,
     HEADER_ERROR,
@@ -143,6 +150,7 @@ class Core:
         auto_delete: bool = False, passive: bool = False,
         arguments: Mapping[str, Any] | None = None,
     ) -> None:
+        check_name("exchange name", name)
         if passive:
             await self.transport.check_exchange(name)
         else:
@@ -156,6 +164,7 @@ class Core:
     ) -> tuple[int, int]:
         """Declare a queue; ``quorum=True`` makes it a replicated quorum queue (durable,
         with the broker's ``x-delivery-limit`` as a last line against poison messages)."""
+        check_name("queue name", name)
         args = dict(arguments or {})
         if quorum:
             if exclusive or auto_delete:
@@ -183,6 +192,9 @@ class Core:
         return await self.transport.queue_state(name, timeout=timeout)
 
     async def bind(self, queue: str, exchange: str, routing_key: str) -> None:
+        for what, name in (("queue name", queue), ("exchange name", exchange),
+                           ("routing key", routing_key)):
+            check_name(what, name)
         await self.transport.bind(Binding(queue, exchange, routing_key))
 
     async def unbind(self, queue: str, exchange: str, routing_key: str) -> None:

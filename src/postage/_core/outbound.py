@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .._exceptions import EncodingError, PostageError
-from .._wire.properties import PERSISTENT, Properties, QueueSpec
+from .._wire.properties import PERSISTENT, Properties, QueueSpec, check_name
 from .inbound import dead_letter_headers
 from .middleware import (
     IncomingMessage,
@@ -60,6 +60,8 @@ class Outbound:
         *, mandatory: bool, timeout: float | None, kind: str = "publish",
     ) -> None:
         self.check_size(body)
+        check_name("exchange name", exchange)
+        check_name("routing key", routing_key)
         if self._chain is None:
             await self.transport.publish(exchange, routing_key, body, properties,
                                          mandatory=mandatory, timeout=timeout)

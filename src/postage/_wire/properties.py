@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["Binding", "ExchangeSpec", "Properties", "QueueSpec"]
+__all__ = ["MAX_NAME_BYTES", "Binding", "ExchangeSpec", "Properties", "QueueSpec", "check_name"]
 
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -10,6 +10,18 @@ from datetime import datetime
 from typing import Any
 
 from .._exceptions import ConfigurationError
+
+MAX_NAME_BYTES = 255  # AMQP short strings: exchange and queue names, routing keys
+
+
+def check_name(what: str, name: str) -> None:
+    """ConfigurationError unless ``name`` fits in an AMQP short string (255 bytes of
+    UTF-8): said before anything is sent, instead of a broken connection."""
+    if len(name) > MAX_NAME_BYTES // 4 and len(name.encode("utf-8", "surrogatepass")) > \
+            MAX_NAME_BYTES:
+        raise ConfigurationError(
+            f"{what} {name[:40]!r}... is {len(name.encode('utf-8', 'surrogatepass'))} bytes "
+            f"long: AMQP allows at most {MAX_NAME_BYTES}")
 
 PERSISTENT = 2
 TRANSIENT = 1

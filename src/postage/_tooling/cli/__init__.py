@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="postage", description="Postage: message-driven components over RabbitMQ."
     )
+    from postage import __version__
+
+    parser.add_argument("--version", action="version", version=f"postage {__version__}")
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="show errors in full (e.g. broker logs)"
     )
