@@ -299,3 +299,21 @@ async def test_names_over_255_bytes_are_refused_before_anything_is_sent(
         with pytest.raises(postage.Unroutable):
             await client.publish("", fits, b"x")
         assert client.core.transport.reconnections == 0
+
+
+async def test_a_request_to_direct_reply_to_without_its_consumer_keeps_the_brokers_error(
+    url: str, names: Names
+) -> None:
+    """Publishing with ``reply_to = amq.rabbitmq.reply-to`` before consuming replies: the
+    broker says PRECONDITION_FAILED (fast reply consumer does not exist); the retry path
+    used to hide it behind an AccessRefused on the default exchange."""
+    queue = names.queue()
+    core = await open_core(url)
+    try:
+        await core.declare_queue(queue)
+        with pytest.raises(postage.PreconditionFailed, match="fast reply consumer"):
+            await core.publish("", queue, b"x",
+                               postage.Properties(reply_to="amq.rabbitmq.reply-to"))
+        await core.publish("", queue, b"after")  # the connection goes on
+    finally:
+        await core.close(5)

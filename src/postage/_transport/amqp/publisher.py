@@ -248,10 +248,14 @@ class AmqpPublisher(Transport):
         if isinstance(exc, amqp_errors.DeliveryError):
             return await self._after_nack(exc, late, exchange, routing_key, nacks + 1)
         if isinstance(exc, amqp_errors.ChannelClosed):
-            if isinstance(exc, amqp_errors.ChannelAccessRefused) or late:
-                raise translate_error(exc) from None  # retrying cannot help
-            if self._connection is None or not self._connection.is_closed:
+            if late or isinstance(exc, amqp_errors.ChannelAccessRefused
+                                  | amqp_errors.ChannelPreconditionFailed):
+                # retrying cannot help (e.g. "fast reply consumer does not exist", a
+                # message over the broker's size limit): the broker's own error
+                raise translate_error(exc) from None
+            if exchange and (self._connection is None or not self._connection.is_closed):
                 # A channel-level refusal (e.g. the exchange vanished): check and retry.
+                # (The default exchange always exists; checking it is refused.)
                 self._known_exchanges.discard(exchange)
                 log.debug("publisher channel closed: %s", exc)
         else:
