@@ -121,6 +121,8 @@ DeliveryCallback = Callable[[Delivery], Awaitable[None]]
 class Consumer(abc.ABC):
     """A subscription to a queue, restored after reconnections until cancelled."""
 
+    _transport: Transport  # set by each implementation, with its own transport's type
+
     def __init__(
         self,
         queue: str,
@@ -164,6 +166,21 @@ class Consumer(abc.ABC):
             except TimeoutError:
                 log.warning("%d handler(s) of queue %r still running after %s s",
                             len(self._in_flight), self.queue, timeout)
+
+    def _cancelled_by_broker(self) -> None:
+        """The broker cancelled this consumer (e.g. its queue was deleted): restore it."""
+        transport = self._transport
+        if self.active and not transport.closed:
+            log.warning("the broker cancelled the consumer of queue %r; restoring it", self.queue)
+            transport._spawn(transport._restart_consumer(self, declare=True))
+
+    def _deactivate(self) -> bool:
+        """Mark the consumer cancelled and forget it; False if it was already."""
+        if not self.active:
+            return False
+        self.active = False
+        self._transport._consumers.pop(self.tag, None)
+        return True
 
     @abc.abstractmethod
     async def _start(self, connection: Any) -> None:
@@ -238,6 +255,15 @@ class Transport(abc.ABC):
                 callback()
             except Exception:
                 log.exception("reconnect callback failed")
+
+    async def _cancel_consumers(self, timeout: float) -> float:
+        """Cancel every consumer (letting their handlers finish) within ``timeout``; return
+        the loop time by which the whole close is due."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for consumer in list(self._consumers.values()):
+            await consumer.cancel(timeout=max(0.0, deadline - loop.time()))
+        return deadline
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)

@@ -125,6 +125,8 @@ class AmqpDelivery(Delivery):
 class AmqpConsumer(Consumer):
     """A consumer on a channel of its own (prefetch and failures stay per consumer)."""
 
+    _transport: AmqpTransport
+
     def __init__(
         self,
         transport: AmqpTransport,
@@ -171,9 +173,7 @@ class AmqpConsumer(Consumer):
             self._end(task)
 
     def _on_broker_cancel(self, _frame: Any) -> None:
-        if self.active and not self._transport.closed:
-            log.warning("the broker cancelled the consumer of queue %r; restoring it", self.queue)
-            self._transport._spawn(self._transport._restart_consumer(self, declare=True))
+        self._cancelled_by_broker()
 
     def _on_channel_closed(self, channel: Any, future: asyncio.Future[Any]) -> None:
         transport = self._transport
@@ -189,11 +189,9 @@ class AmqpConsumer(Consumer):
 
     async def cancel(self, timeout: float | None = 10.0) -> None:
         """Stop receiving; wait (up to ``timeout``) for deliveries being handled."""
-        if not self.active:
+        if not self._deactivate():
             return
-        self.active = False
         transport = self._transport
-        transport._consumers.pop(self.tag, None)
         spec = transport.queue_spec(self.queue)
         if spec is not None and spec.auto_delete and not any(
             c.queue == self.queue for c in transport._consumers.values()

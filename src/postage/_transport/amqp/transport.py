@@ -104,10 +104,8 @@ class AmqpTransport(AmqpPublisher):
         """Cancel consumers (letting their handlers finish), wait for confirms, disconnect."""
         if self._closed:
             return
+        deadline = await self._cancel_consumers(timeout)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        for consumer in list(self._consumers.values()):
-            await consumer.cancel(timeout=max(0.0, deadline - loop.time()))
         publisher = self._publisher
         if publisher is not None and publisher.confirmations:
             pending = [f for f in publisher.confirmations.values() if isinstance(f, asyncio.Future)]

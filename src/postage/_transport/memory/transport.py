@@ -90,6 +90,8 @@ class MemoryDelivery(Delivery):
 class MemoryConsumer(Consumer):
     """A consumer of a memory queue (the interface of the real Consumer)."""
 
+    _transport: MemoryTransport
+
     def __init__(self, transport: MemoryTransport, queue: str, callback: DeliveryCallback,
                  *, prefetch_count: int, no_ack: bool, exclusive: bool,
                  arguments: Mapping[str, Any] | None) -> None:
@@ -131,12 +133,6 @@ class MemoryConsumer(Consumer):
             channel.closed = True
             self._transport._broker.release(self)
 
-    def _cancelled_by_broker(self) -> None:
-        transport = self._transport
-        if self.active and not transport.closed:
-            log.warning("the broker cancelled the consumer of queue %r; restoring it", self.queue)
-            transport._spawn(transport._restart_consumer(self, declare=True))
-
     async def _start(self, connection: Any) -> None:
         self._close_channel()
         self.channel = _Channel()
@@ -144,12 +140,9 @@ class MemoryConsumer(Consumer):
 
     async def cancel(self, timeout: float | None = 10.0) -> None:
         """Stop receiving; wait (up to ``timeout``) for deliveries being handled."""
-        if not self.active:
+        if not self._deactivate():
             return
-        self.active = False
-        transport = self._transport
-        transport._consumers.pop(self.tag, None)
-        transport._broker.remove_consumer(self)
+        self._transport._broker.remove_consumer(self)
         await self._wait_idle(timeout)
         self._close_channel()
 
@@ -194,10 +187,7 @@ class MemoryTransport(Transport):
     async def close(self, timeout: float = 10.0) -> None:
         if self._closed:
             return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        for consumer in list(self._consumers.values()):
-            await consumer.cancel(timeout=max(0.0, deadline - loop.time()))
+        await self._cancel_consumers(timeout)
         self._closed = True
         self._ready.set()
         for task in list(self._tasks):
