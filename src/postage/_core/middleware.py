@@ -32,7 +32,7 @@ __all__ = [
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._exceptions import ConfigurationError
 from .._wire.properties import Properties
@@ -134,48 +134,47 @@ def overrides(middleware: Middleware, hook: str) -> bool:
     return getattr(type(middleware), hook) is not getattr(Middleware, hook)
 
 
-def chain_publish(middleware: Sequence[Middleware], last: PublishNext) -> PublishNext:
-    """``last`` wrapped by the ``publish`` hook of each middleware, first outermost."""
+Next = TypeVar("Next", PublishNext, HandleNext)
+
+
+def _wrap(middleware: Sequence[Middleware], hook: str, last: Next,
+          bind: Callable[[Middleware, Next], Next]) -> Next:
+    """``last`` wrapped by the ``hook`` of each middleware that has one, first outermost."""
     call = last
-    for mw in reversed([m for m in middleware if overrides(m, "publish")]):
-        call = _bind_publish(mw, call)
+    for mw in reversed([m for m in middleware if overrides(m, hook)]):
+        call = bind(mw, call)
     return call
 
 
-def _bind_publish(mw: Middleware, call_next: PublishNext) -> PublishNext:
-    async def step(message: OutgoingMessage) -> None:
-        await mw.publish(message, call_next)
-    return step
+def chain_publish(middleware: Sequence[Middleware], last: PublishNext) -> PublishNext:
+    """``last`` wrapped by the ``publish`` hook of each middleware, first outermost."""
+    def bind(mw: Middleware, call_next: PublishNext) -> PublishNext:
+        async def step(message: OutgoingMessage) -> None:
+            await mw.publish(message, call_next)
+        return step
+
+    return _wrap(middleware, "publish", last, bind)
 
 
 def chain_reply(middleware: Sequence[Middleware], request: IncomingMessage | None,
                 last: PublishNext) -> PublishNext:
     """``last`` wrapped by the ``reply`` hook of each middleware, first outermost."""
-    call = last
-    for mw in reversed([m for m in middleware if overrides(m, "reply")]):
-        call = _bind_reply(mw, request, call)
-    return call
+    def bind(mw: Middleware, call_next: PublishNext) -> PublishNext:
+        async def step(message: OutgoingMessage) -> None:
+            await mw.reply(message, request, call_next)
+        return step
 
-
-def _bind_reply(mw: Middleware, request: IncomingMessage | None,
-                call_next: PublishNext) -> PublishNext:
-    async def step(message: OutgoingMessage) -> None:
-        await mw.reply(message, request, call_next)
-    return step
+    return _wrap(middleware, "reply", last, bind)
 
 
 def chain_handle(middleware: Sequence[Middleware], last: HandleNext) -> HandleNext:
     """``last`` (the handler) wrapped by each middleware's ``handle``, first outermost."""
-    call = last
-    for mw in reversed([m for m in middleware if overrides(m, "handle")]):
-        call = _bind_handle(mw, call)
-    return call
+    def bind(mw: Middleware, call_next: HandleNext) -> HandleNext:
+        async def step(message: IncomingMessage) -> Any:
+            return await mw.handle(message, call_next)
+        return step
 
-
-def _bind_handle(mw: Middleware, call_next: HandleNext) -> HandleNext:
-    async def step(message: IncomingMessage) -> Any:
-        return await mw.handle(message, call_next)
-    return step
+    return _wrap(middleware, "handle", last, bind)
 
 
 def check_middleware(middleware: Sequence[Any]) -> tuple[Middleware, ...]:
