@@ -348,14 +348,6 @@ class Core:
             routing_key=delivery.routing_key if routing_key is None else routing_key,
             attempts=attempts)
 
-    async def dead_letter(
-        self, delivery: Delivery, queue: str, reason: str, error: str = "",
-        attempts: int | None = None,
-    ) -> None:
-        """Move ``delivery`` to ``<queue>.dlq`` with why in its headers, then ack it."""
-        await self.move_to_dead_letters(delivery, queue, f"{queue}.dlq", reason, error,
-                                        attempts=attempts)
-
     # -- blocking user code -----------------------------------------------------------
 
     def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Coroutine[Any, Any, T]:
