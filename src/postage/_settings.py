@@ -165,17 +165,16 @@ def redact_url(url: str) -> str:
     unencoded ``#``, ``/``, ``?`` or ``@`` (which a parser cuts elsewhere) is hidden too:
     everything between ``://`` and the last ``@`` is user information.
     """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "<not a URL>" if "@" in url else url
-    at = rest.rfind("@")
-    if at < 0:
-        return url
-    user, colon, _password = rest[:at].partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}{rest[at:]}"
+    userinfo = _raw_userinfo(url)
+    if userinfo is None:
+        return "<not a URL>" if "://" not in url and "@" in url else url
+    scheme, _, rest = url.partition("://")
+    user, colon, _password = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}{rest[len(userinfo):]}"
 
 
 def _raw_userinfo(url: str) -> str | None:
+    """The text between ``://`` and the last ``@`` (None when there is none)."""
     rest = url.partition("://")[2]
     at = rest.rfind("@")
     return rest[:at] if at >= 0 else None
