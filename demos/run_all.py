@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 READY = "consuming ["  # the processor's debug line once its consumers are running
@@ -225,6 +226,39 @@ def ping(url: str) -> None:
         receiver.kill()
 
 
+def _routing_and_groups(hello: Callable[..., None], producer: Any, a: Proc, b: Proc,
+                        host: str, url: str) -> None:
+    """The GenericApplication checks: every key form, ping, runtime join and leave, quit."""
+    both = one_each = [1, 1]
+    only_a, only_b, just_one = [1, 0], [0, 1], None
+    hello("demoapp", both)
+    hello("demoapp/rr", just_one)
+    hello("demoapp/rr", one_each, times=2)
+    hello(f"@{host}", both)
+    hello(f"demoapp@{host}", both)
+    hello(f"demoapp@{host}/rr", just_one)
+    hello(f"{a.pid}@{host}", only_a)
+    hello(f"{b.pid}@{host}", only_b)
+    hello("demoapp#g1", only_a)
+    hello("demoapp#g1/rr", [2, 0], times=2)
+    sender = run("send", "generic_application/send.py", f"{b.pid}@{host}", "ping", url=url)
+    expect(sender.out == [f"ping answered by demoapp pid {b.pid} on {host}"],
+           f"ping: {sender.out}")
+    run("send", "generic_application/send.py", f"{b.pid}@{host}", "join", "g1", url=url)
+    b.wait_for(READY, 1, stream="err")
+    hello("demoapp", both)  # the join command was handled before this
+    hello("demoapp#g1", both)
+    hello("demoapp#g1/rr", one_each, times=2)
+    producer.message_leave_group("g1", _key=f"{b.pid}@{host}")
+    hello("demoapp", both)
+    hello("demoapp#g1", only_a)
+    hello("demoapp#g1/rr", [2, 0], times=2)
+    producer.message_quit(_key="demoapp")
+    for app in (a, b):
+        expect(app.finish() == 0, f"{app.label} did not quit cleanly")
+        app.wait_for("quit")
+
+
 def generic_application(url: str) -> None:
     """Seed 003 GenericApplication: two instances of one name, one in group g1."""
     os.environ["POSTAGE_URL"] = url
@@ -261,34 +295,7 @@ def generic_application(url: str) -> None:
     try:
         for app in apps:
             app.ready()
-        both = one_each = [1, 1]
-        only_a, only_b, just_one = [1, 0], [0, 1], None
-        hello("demoapp", both)
-        hello("demoapp/rr", just_one)
-        hello("demoapp/rr", one_each, times=2)
-        hello(f"@{host}", both)
-        hello(f"demoapp@{host}", both)
-        hello(f"demoapp@{host}/rr", just_one)
-        hello(f"{a.pid}@{host}", only_a)
-        hello(f"{b.pid}@{host}", only_b)
-        hello("demoapp#g1", only_a)
-        hello("demoapp#g1/rr", [2, 0], times=2)
-        sender = run("send", "generic_application/send.py", f"{b.pid}@{host}", "ping", url=url)
-        expect(sender.out == [f"ping answered by demoapp pid {b.pid} on {host}"],
-               f"ping: {sender.out}")
-        run("send", "generic_application/send.py", f"{b.pid}@{host}", "join", "g1", url=url)
-        b.wait_for(READY, 1, stream="err")
-        hello("demoapp", both)  # the join command was handled before this
-        hello("demoapp#g1", both)
-        hello("demoapp#g1/rr", one_each, times=2)
-        producer.message_leave_group("g1", _key=f"{b.pid}@{host}")
-        hello("demoapp", both)
-        hello("demoapp#g1", only_a)
-        hello("demoapp#g1/rr", [2, 0], times=2)
-        producer.message_quit(_key="demoapp")
-        for app in apps:
-            expect(app.finish() == 0, f"{app.label} did not quit cleanly")
-            app.wait_for("quit")
+        _routing_and_groups(hello, producer, a, b, host, url)
     finally:
         for app in apps:
             app.kill()
