@@ -26,6 +26,7 @@ from postage import (
 )
 from postage._core.core import HEADER_ATTEMPTS, HEADER_ERROR, HEADER_REASON, Core, open_core
 from postage._transport import Delivery
+from tests.drain import drain
 
 
 def unique(prefix: str) -> str:
@@ -47,30 +48,13 @@ async def _queue(core: Core, *, exchange: str | None = None, key: str = "k") -> 
     return name
 
 
-async def _drain(core: Core, queue: str, count: int, timeout: float = 20) -> list[Delivery]:
-    got: list[Delivery] = []
-    done = asyncio.Event()
-
-    async def handler(d: Delivery) -> None:
-        got.append(d)
-        if len(got) >= count:
-            done.set()
-
-    sub = await core.subscribe(queue, handler, prefetch_count=100)
-    try:
-        await asyncio.wait_for(done.wait(), timeout)
-    finally:
-        await sub.cancel()
-    return got
-
-
 async def test_publish_consume_round_trip(core: Core) -> None:
     exchange = unique("x")
     await core.declare_exchange(exchange, "direct", auto_delete=True)
     queue = await _queue(core, exchange=exchange)
     props = Properties(content_type="text/plain", headers={"h": 1}, correlation_id="c1")
     await core.publish(exchange, "k", b"hello", props)
-    [d] = await _drain(core, queue, 1)
+    [d] = await drain(core, queue, 1)
     assert d.body == b"hello"
     assert d.properties.content_type == "text/plain"
     assert d.headers == {"h": 1}
@@ -126,7 +110,7 @@ async def test_publish_to_missing_exchange_raises_not_found_and_recovers(core: C
         await core.publish(unique("missing"), "k", b"x")
     queue = await _queue(core)
     await core.publish("", queue, b"still works")
-    [d] = await _drain(core, queue, 1)
+    [d] = await drain(core, queue, 1)
     assert d.body == b"still works"
 
 
@@ -165,7 +149,7 @@ async def test_handler_failures_are_retried_then_dead_lettered(core: Core) -> No
 
     sub = await core.subscribe(queue, handler, policy=RetryPolicy(max_attempts=3))
     await core.publish("", queue, b"poison", Properties(headers={"keep": "me"}))
-    [dead] = await _drain(core, f"{queue}.dlq", 1)
+    [dead] = await drain(core, f"{queue}.dlq", 1)
     await sub.cancel()
     assert attempts == [0, 1, 2]
     assert dead.body == b"poison"
@@ -188,7 +172,7 @@ async def test_reject_dead_letters_at_once(core: Core) -> None:
 
     sub = await core.subscribe(queue, handler)
     await core.publish("", queue, b"x")
-    [dead] = await _drain(core, f"{queue}.dlq", 1)
+    [dead] = await drain(core, f"{queue}.dlq", 1)
     await sub.cancel()
     assert calls == 1
     assert dead.headers[HEADER_REASON] == "rejected"
@@ -223,7 +207,7 @@ async def test_consumer_killed_mid_handler_gets_the_message_redelivered(
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
-    [d] = await _drain(core, queue, 1)
+    [d] = await drain(core, queue, 1)
     assert d.body == b"work"
     # the broker redelivered it; the pipeline counted that and sent it to the queue's end
     assert d.headers["x-postage-redeliveries"] == 1

@@ -26,6 +26,7 @@ from postage import DeliveryTimeout, messaging
 from postage._api.communicator import open_communicator
 from postage._core.core import HEADER_REASON, HEADER_REDELIVERIES, open_core
 from tests.conftest import Broker
+from tests.drain import drain
 from tests.faults.scenario import Figures
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
@@ -90,7 +91,7 @@ async def test_a_handler_that_kills_its_process_ends_in_the_dlq(
             if dead and oks == {"ok1", "ok2", "ok3"}:
                 break
         took = time.monotonic() - started
-        [letter] = await _drain(core, f"{queue}.dlq", 1)
+        [letter] = await drain(core, f"{queue}.dlq", 1)
         fig.sent = fig.confirmed = 4
         fig.delivered = len(oks)
         fig.seconds = took
@@ -124,23 +125,6 @@ async def _send(core: Any, url: str, api: str, queue: str, bodies: list[str]) ->
             await tasks.task_send(body, no_reply=True)
     finally:
         await sender.close(5)
-
-
-async def _drain(core: Any, queue: str, count: int) -> list[Any]:
-    got: list[Any] = []
-    done = asyncio.Event()
-
-    async def keep(delivery: Any) -> None:
-        got.append(delivery)
-        if len(got) >= count:
-            done.set()
-
-    sub = await core.subscribe(queue, keep)
-    try:
-        await asyncio.wait_for(done.wait(), 20)
-    finally:
-        await sub.cancel()
-    return got
 
 
 async def test_a_handler_that_never_returns_does_not_keep_the_process_alive(

@@ -33,6 +33,7 @@ from postage._core.core import (
     open_core,
 )
 from postage._core.middleware import PublishNext
+from tests.drain import drain
 
 from .conftest import Names
 
@@ -71,21 +72,10 @@ class Recorder(Middleware):
 
 async def _drain_dlq(url: str, queue: str, count: int) -> list[Any]:
     reader = await open_core(url)
-    got: list[Any] = []
-    done = asyncio.Event()
-
-    async def keep(delivery: Any) -> None:
-        got.append(delivery)
-        if len(got) >= count:
-            done.set()
-
     try:
-        sub = await reader.subscribe(f"{queue}.dlq", keep)
-        await asyncio.wait_for(done.wait(), WAIT)
-        await sub.cancel()
+        return list(await drain(reader, f"{queue}.dlq", count, WAIT))
     finally:
         await reader.close(5)
-    return got
 
 
 @pytest.fixture
