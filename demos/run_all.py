@@ -157,12 +157,12 @@ def basic_echo(url: str) -> None:
     try:
         receiver.ready()
         run("echo_send", "basic_echo/echo_send.py", url=url)
-        receiver.wait_for("{'args': ['A test message'], 'kwds': {}}")
+        receiver.wait_for("A test message")
         send_command(url, "echo-exchange", "echo-rk", "restart")
         receiver.ready(2)  # a new run of the same program, consuming again
         expect(receiver.count("global_vhost set to", "err") == 2, "restart: no second start")
         run("echo_send", "basic_echo/echo_send.py", url=url)
-        receiver.wait_for("{'args': ['A test message'], 'kwds': {}}", 2)
+        receiver.wait_for("A test message", 2)
         stop_all([receiver], url, "echo-exchange", "echo-rk")
     finally:
         receiver.kill()
@@ -178,8 +178,8 @@ def advanced_echo(url: str) -> None:
         for _ in range(2):
             run("echo_send", "advanced_echo/echo_send.py", url=url)
         for receiver in receivers:
-            receiver.wait_for("{'args': ['A fanout test message'], 'kwds': {}}", 2)
-        single = [r.count("'A single test message'") for r in receivers]
+            receiver.wait_for("A fanout test message", 2)
+        single = [r.count("A single test message") for r in receivers]
         expect(single == [1, 1], f"round robin: the two receivers got {single} single messages")
         for receiver in receivers:
             receiver.wait_for("Message fingerprint: %s {'name': 'echo_send', "
@@ -197,7 +197,7 @@ def rpc_echo(url: str) -> None:
         receiver.ready()
         sender = run("echo_send", "rpc_echo/echo_send.py", url=url)
         expect(sender.out == ["RPC message received"], f"rpc answer: {sender.out}")
-        receiver.wait_for("{'args': ['RPC test message'], 'kwds': {}}")
+        receiver.wait_for("RPC test message")
         stop_all([receiver], url, "echo-exchange", "echo-rk")
     finally:
         receiver.kill()

@@ -7,7 +7,7 @@ from postage import generic_application, messaging, microthreads
 class DemoApp(generic_application.GenericApplication):
     @messaging.MessageHandlerFullBody('command', 'hello')
     def msg_hello(self, body):
-        text = body['content']['parameters']['args'][0]
+        text = body['content']['parameters']
         print(f"{self.name} (pid {self.pid}) got hello: {text}")
 
 

@@ -154,6 +154,8 @@ class GenericApplication(messaging.MessageProcessor):
     @staticmethod
     def _group_name(content: Any) -> str:
         params = content.get("parameters", {}) if isinstance(content, dict) else {}
+        if isinstance(params, str) and params:
+            return params
         if isinstance(params, dict):
             if "group_name" in params:
                 return str(params["group_name"])

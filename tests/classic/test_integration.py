@@ -37,7 +37,8 @@ def make_processor(exchange: type[messaging.Exchange], queue: str, calls: Calls,
     class Processor(messaging.MessageProcessor):
         @messaging.MessageHandler("command", "work")
         def msg_work(self, content: Any) -> None:
-            delay = content["parameters"]["kwds"].get("sleep", 0)
+            params = content["parameters"]
+            delay = params["kwds"].get("sleep", 0) if isinstance(params, dict) else 0
             time.sleep(delay)  # blocking user code: runs in a worker thread
             calls.add(("work", content["parameters"]))
 
@@ -119,6 +120,19 @@ def test_pika_calls_an_rpc_handler_and_reads_a_producer_message(setup: Any, env_
         assert message["fingerprint"]["name"] == "test_producer"
         assert message["fingerprint"]["type"] == "test"
 
+        # the forms Postage 1.2 sent, byte for byte in their content
+        sent = producer_for(exchange)
+        sent.message_hello("fan", _key="plain-rk")
+        sent.message_hello(parameters={"a": [1, 2]}, _key="plain-rk")
+        sent.message_hello(_key="plain-rk")
+        contents = []
+        for _ in range(3):
+            method, props, raw = channel.basic_get(plain, auto_ack=True)
+            assert method is not None
+            contents.append(json.loads(raw)["content"])
+        assert contents == [{"parameters": "fan"}, {"parameters": {"a": [1, 2]}},
+                            {"parameters": {}}]
+
 
 def test_persistent_producers_send_persistent_messages(setup: Any, env_url: str) -> None:
     exchange, _queue, _calls = setup
@@ -135,7 +149,7 @@ def test_persistent_producers_send_persistent_messages(setup: Any, env_url: str)
         for _ in range(2):
             method, props, raw = channel.basic_get(plain, auto_ack=True)
             assert method is not None
-            modes[json.loads(raw)["content"]["parameters"]["args"][0]] = props.delivery_mode
+            modes[json.loads(raw)["content"]["parameters"]] = props.delivery_mode
         assert modes == {"transient": None, "persistent": 2}
 
 
@@ -156,7 +170,7 @@ def test_rpc_returns_message_objects(setup: Any) -> None:
         queue_name = producer.rpc_queue_echo("via queue")
         assert queue_name.startswith("postage.classic.reply.")
         answer = producer.consume_rpc(queue_name, timeout=15)
-        assert answer.body["content"]["value"] == {"args": ["via queue"], "kwds": {}}
+        assert answer.body["content"]["value"] == "via queue"
         queue_name = producer.rpc_echo("q2", _queue_only=True)
         assert producer.consume_rpc(queue_name, timeout=15)
 
@@ -258,7 +272,7 @@ def test_pipelined_messages_all_arrive_and_failures_surface_later(
         for i in range(50):
             producer.message_work(i)
         producer.flush()  # every message confirmed by now
-        assert sorted(c[1]["args"][0] for c in calls.wait_sync(50)) == list(range(50))
+        assert sorted(c[1] for c in calls.wait_sync(50)) == list(range(50))
         # a pipelined message nobody can receive returns at once; flush raises its failure
         producer.message_work(_key="nobody-listens")
         with pytest.raises(postage.Unroutable):
@@ -271,4 +285,4 @@ def test_pipelined_messages_all_arrive_and_failures_surface_later(
             producer.message_work(50)
         producer.message_work(51)
         producer.close()
-        assert {c[1]["args"][0] for c in calls.wait_sync(51)} == set(range(50)) | {51}
+        assert {c[1] for c in calls.wait_sync(51)} == set(range(50)) | {51}

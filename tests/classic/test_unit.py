@@ -262,6 +262,21 @@ def test_magic_methods_are_found_and_listed() -> None:
         producer.something_else  # noqa: B018
 
 
+@pytest.mark.parametrize(("args", "kwds", "parameters"), [
+    (("fan",), {}, "fan"),                       # message_hello('fan'), as in 1.2
+    ((), {"parameters": {"x": 1}}, {"x": 1}),    # message_hello(parameters=...)
+    ((), {}, {}),                                # message_hello()
+    (([1, 2],), {}, [1, 2]),
+    ((None,), {}, {}),                           # MessageCommand('hello', None)
+])
+def test_default_build_sends_what_postage_1_2_sent(
+        args: tuple[Any, ...], kwds: dict[str, Any], parameters: Any) -> None:
+    for kind in ("message", "rpc"):
+        m = _default_build(kind, "hello", *args, **kwds)
+        assert m.body["content"] == {"parameters": parameters}
+        assert m.body["type"] == "command" and m.body["name"] == "hello"
+
+
 def test_default_build_packs_args_and_kwds() -> None:
     m = _default_build("message", "echo", "A test message", x=1)
     assert m.body["content"] == {"parameters": {"args": ["A test message"], "kwds": {"x": 1}}}

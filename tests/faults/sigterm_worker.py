@@ -37,7 +37,7 @@ def run_classic(queue: str, seconds: float) -> int:
     class Worker(messaging.MessageProcessor):
         @messaging.MessageHandler("command", "slow")
         def msg_slow(self, content: Any) -> None:
-            _slow(content["parameters"]["args"][0], seconds)
+            _slow(content["parameters"], seconds)
 
     class Ready(microthreads.MicroThread):
         def step(self) -> bool:

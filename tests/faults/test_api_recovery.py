@@ -125,7 +125,7 @@ class StreamProcessor(messaging.MessageProcessor):
 
     @messaging.MessageHandler("command", "stream")
     def msg_stream(self, content: Any) -> None:
-        self.tally.record(int(content["parameters"]["args"][0]))
+        self.tally.record(int(content["parameters"]))
 
 
 class ProbedApplication(generic_application.GenericApplication):
@@ -133,7 +133,7 @@ class ProbedApplication(generic_application.GenericApplication):
 
     @messaging.MessageHandler("command", "probe")
     def msg_probe(self, content: Any) -> None:
-        self.tally.record(int(content["parameters"]["args"][0]))
+        self.tally.record(int(content["parameters"]))
 
 
 @asynccontextmanager

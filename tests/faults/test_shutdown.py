@@ -53,7 +53,7 @@ async def test_sigterm_mid_task_finishes_acks_and_exits_0(
     try:
         assert await _line(worker.stdout, 30) == "ready"
         if api == "classic":
-            body = messaging.MessageCommand("slow", {"args": [7], "kwds": {}}).body
+            body = messaging.MessageCommand("slow", 7).body
             await core.publish("", queue, core.encode(body), core.properties(delivery_mode=2))
         else:
             sender = await open_communicator(url)

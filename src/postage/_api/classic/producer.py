@@ -1,7 +1,8 @@
 """GenericProducer: a class whose ``build_message_X``/``build_rpc_X`` methods define an API.
 
 ``producer.message_X(*a, **kw)`` calls ``build_message_X(*a, **kw)`` (or, without such a
-method, builds ``MessageCommand("X", {"args": [...], "kwds": {...}})``), attaches the
+method, builds ``MessageCommand("X", value)`` for ``message_X(value)`` or
+``message_X(parameters=value)``, as Postage 1.2 did; see :func:`default_parameters`), attaches the
 producer's fingerprint and publishes to every exchange/key of ``eks`` (``_key`` and
 ``_eks`` change that), blocking until the broker confirms. ``producer.rpc_X(...)`` does
 the same with an RpcCommand, sends it to the first exchange/key and blocks for the reply:
@@ -361,8 +362,22 @@ class GenericProducer:
         return sorted(names)
 
 
+def default_parameters(args: tuple[Any, ...], kwds: dict[str, Any]) -> Any:
+    """The ``parameters`` of ``message_X(*args, **kwds)`` without a build method.
+
+    As in Postage 1.2: ``X()`` sends ``{}``, ``X(value)`` and ``X(parameters=value)`` send
+    ``value``. Anything else (several positional arguments, other keywords), which 1.2
+    refused with TypeError, is packed as ``{"args": [...], "kwds": {...}}``.
+    """
+    if not kwds and len(args) <= 1:
+        return args[0] if args else None
+    if not args and len(kwds) == 1 and "parameters" in kwds:
+        return kwds["parameters"]
+    return {"args": list(args), "kwds": kwds}
+
+
 def _default_build(kind: str, command: str, *args: Any, **kwds: Any) -> Message:
-    parameters = {"args": list(args), "kwds": kwds}
+    parameters = default_parameters(args, kwds)
     if kind == "rpc":
         return RpcCommand(command, parameters)
     return MessageCommand(command, parameters)
