@@ -5,7 +5,12 @@ fuzz of the consumer dispatch path (Subscription -> decode -> handler or dead le
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
+import decimal
+import enum
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -23,6 +28,7 @@ from postage import (
 )
 from postage._core.core import Core, HandlingOptions, Subscription
 from postage._core.middleware import IncomingMessage
+from postage._wire.encoding import to_json_value
 from postage._wire.envelope import (
     ENVELOPE_KEYS,
     build_envelope,
@@ -241,6 +247,78 @@ def test_null_and_the_word_null_still_take_the_fast_path() -> None:
     value = {"a": None, "s": "null", "f": [1.5, -0.0, 1e308]}
     assert fast.encode(value) == b'{"a":null,"s":"null","f":[1.5,-0.0,1e+308]}'  # orjson
     assert fast.decode(fast.encode(value)) == value
+
+
+# -- values JSON has no type for: the same bytes with and without orjson ---------------
+
+
+class _Colour(enum.Enum):
+    RED = "red"
+    DAY = datetime.date(2024, 2, 29)
+
+
+class _Level(enum.IntEnum):
+    HIGH = 3
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int
+    at: datetime.datetime
+    tag: uuid.UUID | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class _Slotted:
+    inner: _Point
+
+
+_UTC = datetime.UTC
+_PLUS_SECONDS = datetime.timezone(datetime.timedelta(hours=1, seconds=45))
+_ID = uuid.UUID("12345678-1234-5678-1234-567812345678")
+_POINT = _Point(1, datetime.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=_UTC), _ID)
+SENDABLE = [
+    (datetime.datetime(2024, 1, 2, 3, 4, 5), b'"2024-01-02T03:04:05"'),
+    (datetime.datetime(2024, 1, 2, 3, 4, 5, 123), b'"2024-01-02T03:04:05.000123"'),
+    (datetime.datetime(2024, 1, 2, tzinfo=_UTC), b'"2024-01-02T00:00:00+00:00"'),
+    (datetime.datetime(2024, 1, 2, tzinfo=_PLUS_SECONDS), b'"2024-01-02T00:00:00+01:00:45"'),
+    (datetime.date(2024, 2, 29), b'"2024-02-29"'),
+    (datetime.time(1, 2, 3, 5), b'"01:02:03.000005"'),
+    (datetime.time(1, 2, tzinfo=_UTC), b'"01:02:00+00:00"'),
+    (_ID, b'"12345678-1234-5678-1234-567812345678"'),
+    (_Colour.RED, b'"red"'),
+    (_Colour.DAY, b'"2024-02-29"'),
+    (_Level.HIGH, b"3"),
+    (_POINT, b'{"x":1,"at":"2024-01-02T03:04:05.000006+00:00",'
+             b'"tag":"12345678-1234-5678-1234-567812345678"}'),
+    (_Slotted(_Point(2, datetime.datetime(2000, 1, 1))),
+     b'{"inner":{"x":2,"at":"2000-01-01T00:00:00","tag":null}}'),
+    ({"when": [datetime.date(1, 1, 1)], "k": (_Level.HIGH,)}, b'{"when":["0001-01-01"],"k":[3]}'),
+]
+REFUSED = [b"bytes", {1, 2}, decimal.Decimal("1.5"), object(), 1j,
+           datetime.timedelta(seconds=1), _Point, {"deep": [{"v": frozenset()}]}]
+
+
+@pytest.mark.parametrize("encoder", ENCODERS, ids=["orjson", "stdlib"])
+@pytest.mark.parametrize(("value", "expected"), SENDABLE)
+def test_dates_uuids_enums_and_dataclasses_are_sent_alike(
+        encoder: JsonEncoder, value: Any, expected: bytes) -> None:
+    assert encoder.encode(value) == expected
+
+
+@pytest.mark.parametrize("encoder", ENCODERS, ids=["orjson", "stdlib"])
+@pytest.mark.parametrize("value", REFUSED)
+def test_what_json_cannot_hold_is_refused_alike(encoder: JsonEncoder, value: Any) -> None:
+    with pytest.raises(EncodingError):
+        encoder.encode(value)
+
+
+@given(value=st.datetimes(timezones=st.none() | st.timezones()) | st.dates() | st.times()
+       | st.uuids() | st.builds(_Point, st.integers(), st.datetimes(), st.none() | st.uuids()))
+def test_orjson_and_stdlib_send_the_same_bytes(value: Any) -> None:
+    fast, slow = ENCODERS
+    assert fast.encode(value) == slow.encode(value) == json.dumps(
+        value, default=to_json_value, separators=(",", ":")).encode()
 
 
 # -- fingerprint ------------------------------------------------------------------------

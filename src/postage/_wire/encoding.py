@@ -9,13 +9,25 @@ JSON here is strict and lossless both ways, whichever library does the work: NaN
 infinities are refused (they are not JSON), integers of any size stay integers. orjson is
 fast but writes NaN as ``null`` and reads integers outside 64 bits as floats, so the fast
 path checks for both cheaply and hands such values to the stdlib.
+
+A few common values that JSON has no type for are sent as JSON values, the same bytes with
+or without orjson (one function, :func:`to_json_value`, formats them on both paths): a
+``datetime``, ``date`` or ``time`` as ISO 8601 text (``datetime.isoformat()``), a ``UUID``
+as its hyphenated text, an ``Enum`` member as its value, a dataclass instance as an object
+of its fields. They arrive as that text or object: the receiver converts them back.
+Anything else that JSON cannot hold (``bytes``, ``set``, ``Decimal``, other objects)
+raises EncodingError on both paths.
 """
 
 from __future__ import annotations
 
-__all__ = ["Encoder", "JsonEncoder", "check_encoder", "default_encoder"]
+__all__ = ["Encoder", "JsonEncoder", "check_encoder", "default_encoder", "to_json_value"]
 
+import dataclasses
+import datetime
+import enum
 import json
+import uuid
 from typing import Any, NoReturn, Protocol, TypeVar, runtime_checkable
 
 from .._exceptions import ConfigurationError, DecodingError, EncodingError
@@ -31,6 +43,12 @@ except ImportError:  # pragma: no cover - depends on the environment
 # shortest that can hold one (-9223372036854775809). Digits become "0", the rest " ",
 # then one substring search: a fraction of the cost of parsing.
 E = TypeVar("E")
+# datetimes and dataclasses go through to_json_value, as on the stdlib path (orjson's own
+# offsets with seconds differ from isoformat()); its UUIDs and enums already match
+_ORJSON_OPTIONS = (
+    0 if _orjson is None
+    else _orjson.OPT_PASSTHROUGH_DATETIME | _orjson.OPT_PASSTHROUGH_DATACLASS
+)
 _DIGITS = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
 _LONG_RUN = b"0" * 19
 
@@ -58,6 +76,20 @@ def _non_finite(obj: Any) -> bool:
         elif isinstance(item, list | tuple):
             push_all(item)
     return False
+
+
+def to_json_value(obj: Any) -> Any:
+    """The JSON value sent for a ``datetime``/``date``/``time``, ``UUID``, ``Enum`` member
+    or dataclass instance (see the module docstring); TypeError for anything else."""
+    if isinstance(obj, datetime.date | datetime.time):
+        return obj.isoformat()
+    if isinstance(obj, uuid.UUID):
+        return str(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {field.name: getattr(obj, field.name) for field in dataclasses.fields(obj)}
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
 def _refuse_constant(name: str) -> NoReturn:
@@ -105,8 +137,9 @@ class Encoder(Protocol):
 class JsonEncoder:
     """JSON, UTF-8. Uses orjson when it is installed and the stdlib otherwise.
 
-    Tuples become lists, as JSON has no tuples; a value JSON cannot hold (NaN and
-    infinities included) raises EncodingError. Decoding accepts standard JSON (RFC 8259):
+    Tuples become lists, as JSON has no tuples; dates, times, UUIDs, enums and dataclasses
+    are sent as :func:`to_json_value` formats them; any other value JSON cannot hold (NaN
+    and infinities included) raises EncodingError. Decoding accepts standard JSON (RFC 8259):
     the stdlib's ``NaN``/``Infinity`` extensions and numbers too large for a float raise
     DecodingError; integers keep every digit.
     """
@@ -121,7 +154,8 @@ class JsonEncoder:
     def encode(self, data: Any) -> bytes:
         if self._orjson is not None:
             try:
-                encoded: bytes = self._orjson.dumps(data)
+                encoded: bytes = self._orjson.dumps(
+                    data, default=to_json_value, option=_ORJSON_OPTIONS)
             except TypeError:
                 pass  # fall through for the precise stdlib error (and ints over 64 bits)
             else:
@@ -129,7 +163,8 @@ class JsonEncoder:
                 if b"null" not in encoded or not _non_finite(data):
                     return encoded
         try:
-            return json.dumps(data, separators=(",", ":"), allow_nan=False).encode("utf-8")
+            return json.dumps(data, separators=(",", ":"), allow_nan=False,
+                              default=to_json_value).encode("utf-8")
         except (TypeError, ValueError, RecursionError) as exc:
             raise EncodingError(f"cannot encode as JSON: {exc}") from None
 
