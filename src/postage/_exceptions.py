@@ -62,6 +62,10 @@ __all__ = [
 ]
 
 import builtins
+import logging
+from typing import TypeVar
+
+_E = TypeVar("_E", bound=BaseException)
 
 
 class PostageError(Exception):
@@ -181,3 +185,21 @@ class DeadLettered(PostageError):
 
 class Reject(PostageError):
     """Raised by a handler: the message is dead-lettered at once, without retries."""
+
+
+def at_call_site(exc: _E) -> _E:
+    """``exc`` ready to be raised at a user's call: a PostageError loses the library's
+    internal frames and chained tracebacks (its message says what happened), unless the
+    ``postage`` logger is at DEBUG level. Any other exception is left whole."""
+    if isinstance(exc, PostageError) and not logging.getLogger("postage").isEnabledFor(
+            logging.DEBUG):
+        exc.__traceback__ = None
+        exc.__suppress_context__ = True
+        if exc.__cause__ is not None:
+            exc.__cause__.__traceback__ = None
+    return exc
+
+
+for _name in __all__:  # tracebacks name them as users import them: postage.NotFound
+    globals()[_name].__module__ = "postage"
+del _name

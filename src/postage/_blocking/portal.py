@@ -16,7 +16,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from .._exceptions import ConnectionClosed, DeliveryTimeout, WrongThreadError
+from .._exceptions import ConnectionClosed, DeliveryTimeout, WrongThreadError, at_call_site
 
 T = TypeVar("T")
 
@@ -151,7 +151,7 @@ class BlockingPortal:
         if exc is not None:
             call.exception = None  # no reference cycle through the traceback
             try:
-                raise exc
+                raise at_call_site(exc)
             finally:
                 exc = None
         result: T = call.result

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping,
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from .._exceptions import ConfigurationError, ConnectionError
+from .._exceptions import ConfigurationError, ConnectionError, PostageError, at_call_site
 from .._settings import ConnectionSettings
 from .._transport import Delivery, Transport, transport_for
 from .._wire.encoding import Encoder, check_encoder, default_encoder
@@ -111,7 +111,11 @@ class Core:
     # -- life cycle -------------------------------------------------------------------
 
     async def open(self) -> None:
-        await self.transport.open()
+        try:
+            await self.transport.open()
+        except PostageError as exc:
+            raise at_call_site(exc) from exc.__cause__
+
         self.transport.add_reconnect_callback(self._on_reconnect)
 
     async def close(self, timeout: float = 10.0) -> None:
@@ -150,8 +154,8 @@ class Core:
         auto_delete: bool = False, passive: bool = False,
         arguments: Mapping[str, Any] | None = None,
     ) -> None:
-        check_name("exchange name", name)
         if passive:
+            check_name("exchange name", name)
             await self.transport.check_exchange(name)
         else:
             await self.transport.declare_exchange(ExchangeSpec.make(
@@ -164,7 +168,6 @@ class Core:
     ) -> tuple[int, int]:
         """Declare a queue; ``quorum=True`` makes it a replicated quorum queue (durable,
         with the broker's ``x-delivery-limit`` as a last line against poison messages)."""
-        check_name("queue name", name)
         args = dict(arguments or {})
         if quorum:
             if exclusive or auto_delete:
@@ -192,9 +195,6 @@ class Core:
         return await self.transport.queue_state(name, timeout=timeout)
 
     async def bind(self, queue: str, exchange: str, routing_key: str) -> None:
-        for what, name in (("queue name", queue), ("exchange name", exchange),
-                           ("routing key", routing_key)):
-            check_name(what, name)
         await self.transport.bind(Binding(queue, exchange, routing_key))
 
     async def unbind(self, queue: str, exchange: str, routing_key: str) -> None:

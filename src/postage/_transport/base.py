@@ -25,6 +25,7 @@ import abc
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -215,6 +216,8 @@ class Transport(abc.ABC):
         self.blocked_reason: str | None = None
         self.url: str | None = None
         self.reconnections = 0
+        self.reconnected_at: float | None = None
+        """``time.monotonic()`` of the latest reconnection (None: never reconnected)."""
 
     # -- shared state -----------------------------------------------------------------
 
@@ -249,6 +252,7 @@ class Transport(abc.ABC):
 
     def _reconnected(self) -> None:
         self.reconnections += 1
+        self.reconnected_at = time.monotonic()
         self._ready.set()
         for callback in list(self._reconnect_callbacks):
             try:

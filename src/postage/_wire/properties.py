@@ -82,6 +82,9 @@ class ExchangeSpec:
     internal: bool = False
     arguments: tuple[tuple[str, Any], ...] = ()
 
+    def __post_init__(self) -> None:
+        check_name("exchange name", self.name)
+
     @classmethod
     def make(
         cls,
@@ -108,6 +111,9 @@ class QueueSpec:
     auto_delete: bool = False
     arguments: tuple[tuple[str, Any], ...] = ()
 
+    def __post_init__(self) -> None:
+        check_name("queue name", self.name)
+
     @classmethod
     def make(
         cls,
@@ -131,3 +137,8 @@ class Binding:
     exchange: str
     routing_key: str
     arguments: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        check_name("queue name", self.queue)
+        check_name("exchange name", self.exchange)
+        check_name("routing key", self.routing_key)

@@ -20,6 +20,7 @@ from ..._exceptions import (
 )
 from ..._settings import ConnectionSettings, redact_url
 from .errors import translate_error
+from .flow import quiet_connect_errors
 
 
 async def open_connection(settings: ConnectionSettings, url: str) -> Any:
@@ -34,6 +35,7 @@ async def open_connection(settings: ConnectionSettings, url: str) -> Any:
     client_url = sp._replace(query=urlencode(query)).geturl()
     context = ssl_context(settings) if sp.scheme == "amqps" else None
     properties = {"product": "postage", **dict(settings.client_properties)}
+    quiet_connect_errors()
     try:
         return await aiormq.connect(client_url, context=context, client_properties=properties)
     except asyncio.CancelledError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = ["is_link_failure", "translate_error"]
 
 import asyncio
+import os
 import ssl
 
 from aiormq import exceptions as amqp_errors
@@ -79,6 +80,8 @@ def _tls_error(exc: BaseException) -> ConnectionError | None:
 
 
 def _reply_text(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno:  # the system's words, as the client says them
+        return os.strerror(exc.errno)
     parts = [str(a) for a in exc.args if not isinstance(a, int)]
     return " ".join(parts) or type(exc).__name__
 

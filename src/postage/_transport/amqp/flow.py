@@ -1,4 +1,10 @@
-"""Flow control: what the broker says when it blocks a connection (a memory or disk alarm).
+"""What the AMQP client logs: flow control, and connection errors Postage raises itself.
+
+A failed connection attempt is logged by the client at ERROR level before it raises; Postage
+raises its own error for it (:func:`~postage._transport.amqp.connect.connect_error`), so
+:func:`quiet_connect_errors` drops that record instead of printing it twice.
+
+Flow control: what the broker says when it blocks a connection (a memory or disk alarm).
 
 RabbitMQ sends ``connection.blocked`` (with the alarm as the reason) and
 ``connection.unblocked``; the AMQP client holds every frame meanwhile and reports both only
@@ -10,7 +16,7 @@ alarm: a change in the client's log text fails it.
 
 from __future__ import annotations
 
-__all__ = ["BLOCKED_LOGGER", "watch_flow"]
+__all__ = ["BLOCKED_LOGGER", "quiet_connect_errors", "watch_flow"]
 
 import logging
 import weakref
@@ -43,7 +49,26 @@ class BlockedWatch(logging.Filter):
         return True
 
 
+class _ConnectErrors(logging.Filter):
+    """Drops the client's "error when creating transport" record (raised as a Postage
+    ConnectionError at the caller's connect instead)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str)
+                    and record.msg.lower().startswith(_CREATING_TRANSPORT))
+
+
+_CREATING_TRANSPORT = "error when creating transport"
 _watch: BlockedWatch | None = None
+_quiet: _ConnectErrors | None = None
+
+
+def quiet_connect_errors() -> None:
+    """Install the filter that drops the client's log record of a failed connect (once)."""
+    global _quiet
+    if _quiet is None:
+        _quiet = _ConnectErrors()
+        logging.getLogger(BLOCKED_LOGGER).addFilter(_quiet)
 
 
 def watch_flow(connection: Any, listener: Listener) -> None:

@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import logging
 import os
+import time
 from typing import Any
 
 import aiormq
@@ -33,7 +34,7 @@ from ..._exceptions import (
     Unroutable,
 )
 from ..._settings import ConnectionSettings
-from ..._wire.properties import Properties
+from ..._wire.properties import Properties, check_name
 from ..base import DIRECT_REPLY_TO, DeliveryCallback, Transport
 from .consumer import AmqpDelivery, to_amqp
 from .errors import is_link_failure, translate_error
@@ -108,6 +109,7 @@ class AmqpPublisher(Transport):
     the connection and channels this uses)."""
 
     DRAIN_EVERY = 64  # publishes between two that wait for the socket buffer to drain
+    NACK_RETRY_WINDOW = 30.0  # s after a reconnection during which nacks are sent again
 
     def __init__(self, settings: ConnectionSettings) -> None:
         super().__init__(settings)
@@ -133,6 +135,8 @@ class AmqpPublisher(Transport):
         broker refuses it, NotFound when the exchange does not exist. If the connection
         drops before the confirm, the message is sent again after recovery (at least once).
         """
+        check_name("exchange name", exchange)
+        check_name("routing key", routing_key)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout if timeout is not None else self.settings.publish_timeout)
         task = asyncio.current_task()
@@ -277,12 +281,19 @@ class AmqpPublisher(Transport):
 
     async def _after_nack(self, exc: Exception, late: bool, exchange: str, routing_key: str,
                           nacks: int) -> int:
-        # The broker nacked: it could not take the message (e.g. a quorum queue electing
-        # a new leader). Transient as a rule: send again until the deadline.
-        if late:
+        # The broker nacked. On a healthy connection that is its answer: a queue the
+        # message routes to is full and set to reject new messages (x-overflow
+        # reject-publish), so PublishNacked at once. Soon after a reconnection it is
+        # transient as a rule (a quorum queue whose leader was lost with the old
+        # connection's node, while a new one is elected): send again until the deadline.
+        recovering = (self.reconnected_at is not None
+                      and time.monotonic() - self.reconnected_at < self.NACK_RETRY_WINDOW)
+        if late or not recovering:
+            times = f" {nacks} times" if nacks > 1 else ""
             raise PublishNacked(
-                f"the broker nacked a message to {exchange!r}/{routing_key!r} "
-                f"{nacks} times: {exc}") from None
+                f"the broker refused a message to {exchange!r}/{routing_key!r}{times} "
+                "(basic.nack): a queue it routes to is full and rejects new messages "
+                "(x-overflow reject-publish), or could not store it") from None
         channel = self._publisher
         if nacks % 3 == 0 and channel is not None:
             # A channel can keep nacking after a quorum queue's leader moved (it still

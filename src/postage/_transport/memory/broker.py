@@ -33,9 +33,10 @@ from ..._exceptions import (
     ChannelError,
     NotFound,
     PreconditionFailed,
+    PublishNacked,
     Unroutable,
 )
-from ..._wire.properties import Binding, ExchangeSpec, Properties, QueueSpec
+from ..._wire.properties import Binding, ExchangeSpec, Properties, QueueSpec, check_name
 from .model import (
     _CHECKED_QUEUE_ARGS,
     _PREDECLARED,
@@ -46,7 +47,9 @@ from .model import (
     _Exchange,
     _Message,
     _Queue,
+    add_death,
     headers_match,
+    is_full,
     topic_matches,
 )
 
@@ -155,9 +158,11 @@ class MemoryBroker(BrokerState):
             args = dict(spec.arguments)
             qtype = args.get("x-queue-type", "classic")
             if qtype not in ("classic", "quorum"):
+                # streams (offsets, reads that keep the messages) are not modelled: refused
+                # at once rather than given a queue's semantics (see docs/testing.md)
                 raise PreconditionFailed(
                     f"PRECONDITION_FAILED - invalid arg 'x-queue-type' for queue "
-                    f"'{spec.name}': unsupported in memory: {qtype!r}", 406,
+                    f"'{spec.name}': the memory broker has no {qtype!r} queues", 406,
                 )
             if qtype == "quorum" and (spec.exclusive or spec.auto_delete or not spec.durable):
                 bad = ("exclusive" if spec.exclusive else "auto-delete" if spec.auto_delete
@@ -201,14 +206,22 @@ class MemoryBroker(BrokerState):
 
     def _delete_queue(self, name: str) -> None:
         q = self._queues.pop(name)
-        for x in self._exchanges.values():
-            for b in [b for b in x.bindings if b.queue == name]:
+        for x in list(self._exchanges.values()):
+            bound = [b for b in x.bindings if b.queue == name]
+            for b in bound:
                 del x.bindings[b]
+            if bound:
+                self._auto_delete(x)
         q.ready.clear()
         for consumer in list(q.consumers):
             q.consumers.remove(consumer)
             consumer._queue_obj = None
             consumer._transport._schedule(consumer._cancelled_by_broker)
+
+    def _auto_delete(self, x: _Exchange) -> None:
+        """An auto-delete exchange goes when its last binding does."""
+        if x.spec.auto_delete and not x.bindings and self._exchanges.get(x.spec.name) is x:
+            del self._exchanges[x.spec.name]
 
     def purge_queue(self, name: str, transport: MemoryTransport) -> int:
         with self._lock:
@@ -238,8 +251,8 @@ class MemoryBroker(BrokerState):
             if q is not None:
                 self._check_owner(q, transport)
             x = self._exchanges.get(binding.exchange)
-            if x is not None:
-                x.bindings.pop(binding, None)
+            if x is not None and x.bindings.pop(binding, False) is None:
+                self._auto_delete(x)
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -247,17 +260,11 @@ class MemoryBroker(BrokerState):
         self, transport: MemoryTransport, exchange: str, routing_key: str, body: bytes,
         properties: Properties, mandatory: bool,
     ) -> None:
+        check_name("exchange name", exchange)
+        check_name("routing key", routing_key)
         with self._lock:
             if exchange == "" and routing_key.startswith(_REPLY_PREFIX):
-                target = self._replies.get(routing_key)
-                if target is None:
-                    if mandatory:
-                        raise Unroutable(exchange, routing_key)
-                    return
-                self.published += 1
-                target._deliver_reply(_Message(
-                    bytes(body), _copy_properties(properties), exchange, routing_key,
-                    next(self._seq)))
+                self._publish_reply(routing_key, body, properties, mandatory)
                 return
             x = self._exchanges.get(exchange) if exchange else None
             if exchange and x is None:
@@ -273,9 +280,25 @@ class MemoryBroker(BrokerState):
                     raise Unroutable(exchange, routing_key)
                 return
             stored = _copy_properties(properties)
-            for q in queues:
-                self._enqueue(q, _Message(bytes(body), stored, exchange, routing_key,
-                                          next(self._seq)))
+            refused = [q for q in queues if not self._enqueue(
+                q, _Message(bytes(body), stored, exchange, routing_key, next(self._seq)))]
+            if refused:  # the queues with room keep it; the publisher learns of the others
+                raise PublishNacked(
+                    f"the broker refused a message to {exchange!r}/{routing_key!r} "
+                    "(basic.nack): a queue it routes to is full and rejects new messages "
+                    "(x-overflow reject-publish)")
+
+    def _publish_reply(self, address: str, body: bytes, properties: Properties,
+                       mandatory: bool) -> None:
+        target = self._replies.get(address)
+        if target is not None:
+            self.published += 1
+            target._deliver_reply(_Message(bytes(body), _copy_properties(properties), "",
+                                           address, next(self._seq)))
+        # a reply address is no queue: RabbitMQ delivers to it and still returns a
+        # mandatory message as unroutable (NO_ROUTE)
+        if mandatory:
+            raise Unroutable("", address)
 
     def _route(self, x: _Exchange | None, routing_key: str,
                headers: Mapping[str, Any], seen: frozenset[str] = frozenset()) -> list[_Queue]:
@@ -303,13 +326,19 @@ class MemoryBroker(BrokerState):
                 return self._route(ax, routing_key, headers, seen | {x.spec.name})
         return found
 
-    def _enqueue(self, q: _Queue, message: _Message) -> None:
+    def _enqueue(self, q: _Queue, message: _Message) -> bool:
+        """Store ``message`` in ``q``; False when a full queue refuses it (``x-overflow``
+        reject-publish, and reject-publish-dlx, which dead-letters it)."""
+        overflow = q.arguments.get("x-overflow", "drop-head")
+        if overflow != "drop-head" and is_full(q, 1, len(message.body)):
+            if overflow == "reject-publish-dlx":
+                self._dead_letter(q, message, "maxlen")
+            return False
         q.ready.append(message)
-        limit = q.arguments.get("x-max-length")
-        if isinstance(limit, int):
-            while len(q.ready) > limit:
-                self._dead_letter(q, q.ready.popleft(), "maxlen")
+        while q.ready and is_full(q):  # drop-head: the oldest go
+            self._dead_letter(q, q.ready.popleft(), "maxlen")
         self._dispatch(q)
+        return True
 
     def _requeue(self, q: _Queue, message: _Message) -> None:
         """Put ``message`` back at its old place (RabbitMQ keeps the order of requeues)."""
@@ -340,16 +369,12 @@ class MemoryBroker(BrokerState):
             return
         key = str(args.get("x-dead-letter-routing-key", message.routing_key))
         headers = dict(message.properties.headers or {})
-        death = {"count": 1, "reason": reason, "queue": q.spec.name,
-                 "exchange": message.exchange, "routing-keys": [message.routing_key]}
-        headers["x-death"] = [death, *headers.get("x-death", [])]
-        headers.setdefault("x-first-death-reason", reason)
-        headers.setdefault("x-first-death-queue", q.spec.name)
-        headers.setdefault("x-first-death-exchange", message.exchange)
+        add_death(headers, q.spec.name, reason, message.exchange, message.routing_key,
+                  message.properties.expiration)
         x = self._exchanges.get(str(dlx)) if dlx else None
         if dlx and x is None:
             return
-        props = replace(message.properties, headers=headers)
+        props = replace(message.properties, headers=headers, expiration=None)
         for target in self._route(x, key, headers):
             if target is not q or reason != "maxlen":
                 target.ready.append(_Message(message.body, props, str(dlx), key,
@@ -357,17 +382,21 @@ class MemoryBroker(BrokerState):
                 self._dispatch(target)
 
     def _dispatch(self, q: _Queue) -> None:
-        """Hand ready messages to consumers with room, round robin, oldest first."""
+        """Hand ready messages to consumers with room, oldest first: to the highest
+        ``x-priority`` among them, round robin between equals."""
         while q.ready and q.consumers:
             count = len(q.consumers)
+            chosen: MemoryConsumer | None = None
+            chosen_step = 0
             for step in range(count):
                 consumer = q.consumers[(q.turn + step) % count]
-                if consumer._has_room():
-                    q.turn = (q.turn + step + 1) % count
-                    break
-            else:
+                if consumer._has_room() and (chosen is None
+                                             or consumer.priority > chosen.priority):
+                    chosen, chosen_step = consumer, step
+            if chosen is None:
                 return
-            consumer._deliver(q, q.ready.popleft())
+            q.turn = (q.turn + chosen_step + 1) % count
+            chosen._deliver(q, q.ready.popleft())
 
     # -- consumers ----------------------------------------------------------------------
 

@@ -3,7 +3,7 @@ beyond matching), and what tests may read of it (:class:`BrokerState`)."""
 
 from __future__ import annotations
 
-__all__ = ["BrokerState", "headers_match", "topic_matches"]
+__all__ = ["BrokerState", "add_death", "headers_match", "is_full", "topic_matches"]
 
 import functools
 import itertools
@@ -12,7 +12,7 @@ import threading
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -78,11 +78,52 @@ def headers_match(arguments: Mapping[str, Any], headers: Mapping[str, Any]) -> b
     def hit(name: str, value: Any) -> bool:
         if name not in headers:
             return False
-        return value is None or headers[name] == value
+        got = headers[name]
+        # RabbitMQ compares typed values: numbers by value (1 matches 1.0), but a
+        # boolean, a decimal or a string never equals a number
+        return value is None or (_kind(got) == _kind(value) and got == value)
 
     if mode.startswith("any"):
         return any(hit(k, v) for k, v in wanted.items())
     return all(hit(k, v) for k, v in wanted.items())
+
+
+def _kind(value: Any) -> type:
+    if isinstance(value, bool):
+        return bool
+    if isinstance(value, int | float):
+        return float
+    return type(value)
+
+
+def add_death(headers: dict[str, Any], queue: str, reason: str, exchange: str,
+              routing_key: str, expiration: str | None) -> None:
+    """Record a death in ``headers`` as RabbitMQ does: the latest (queue, reason) first in
+    ``x-death``, its ``count`` raised when it died that way before; the first death in the
+    ``x-first-death-*`` headers."""
+    deaths = [d for d in headers.get("x-death", []) if isinstance(d, dict)]
+    previous = next((d for d in deaths if (d.get("queue"), d.get("reason")) == (queue, reason)),
+                    None)
+    count = int(previous.get("count", 0)) + 1 if previous is not None else 1
+    death: dict[str, Any] = {"count": count, "reason": reason, "queue": queue,
+                             "time": datetime.now(UTC).replace(microsecond=0),
+                             "exchange": exchange, "routing-keys": [routing_key]}
+    if expiration is not None:
+        death["original-expiration"] = expiration
+    headers["x-death"] = [death, *(d for d in deaths if d is not previous)]
+    headers.setdefault("x-first-death-reason", reason)
+    headers.setdefault("x-first-death-queue", queue)
+    headers.setdefault("x-first-death-exchange", exchange)
+
+
+def is_full(q: _Queue, messages: int = 0, size: int = 0) -> bool:
+    """True when ``q``, with ``messages`` more of ``size`` bytes, would hold more than its
+    ``x-max-length`` messages or ``x-max-length-bytes`` bytes of bodies."""
+    args = q.arguments
+    max_length, max_bytes = args.get("x-max-length"), args.get("x-max-length-bytes")
+    if isinstance(max_length, int) and len(q.ready) + messages > max_length:
+        return True
+    return isinstance(max_bytes, int) and sum(len(m.body) for m in q.ready) + size > max_bytes
 
 
 def _wire_copy(value: Any) -> Any:

@@ -98,6 +98,9 @@ class MemoryConsumer(Consumer):
         super().__init__(queue, callback, prefetch_count=prefetch_count,
                          no_ack=no_ack, exclusive=exclusive, arguments=arguments)
         self._transport = transport
+        priority = self.arguments.get("x-priority", 0)
+        self.priority = priority if isinstance(priority, int) else 0
+        """The consumer's ``x-priority``: consumers of higher priority are served first."""
         self._queue_obj: _Queue | None = None
         self._unacked: dict[int, MemoryDelivery] = {}
         self._tags = itertools.count(1)
