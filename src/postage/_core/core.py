@@ -132,9 +132,25 @@ class Core:
         await self.transport.close(max(0.5, deadline - loop.time()))
         self.workers.shutdown()
 
+    async def abort(self) -> None:
+        """Close now, without waiting for running handlers or confirms: the broker puts
+        the messages they had not settled back in their queues. (A :meth:`close` that was
+        interrupted may be followed by this.)"""
+        self._closed = True
+        self.rpc.fail_all(ConnectionError("the connection was closed"))
+        await self.transport.close(0.0)
+        self.workers.shutdown()
+
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def handling(self) -> int:
+        """How many received messages are being handled right now (readable from any
+        thread)."""
+        return sum(s.consumer.in_flight for s in list(self._subscriptions)
+                   if s.consumer is not None)
 
     @property
     def url(self) -> str:

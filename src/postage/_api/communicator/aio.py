@@ -135,6 +135,15 @@ class AsyncCommunicator:
         if self._owns_core:
             await self.core.close(max(0.5, deadline - loop.time()))
 
+    async def abort(self) -> None:
+        """Close now: running subscribers are not waited for, and the messages they have
+        not acked go back to their queues (see :meth:`Core.abort`)."""
+        self._closed = True
+        for future in list(self._outstanding):
+            future.cancel()
+        if self._owns_core:
+            await self.core.abort()
+
     async def run_until_signal(
         self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT), *,
         close_timeout: float | None = None,

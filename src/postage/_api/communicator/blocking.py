@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import logging
 import signal
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -28,6 +29,8 @@ from ..gather import GatherReply
 from .aio import AsyncCommunicator, AsyncTaskQueue, open_communicator
 from .filters import BroadcastFilter
 from .tasks import Subscriber
+
+log = logging.getLogger("postage.communicator")
 
 T = TypeVar("T")
 
@@ -210,7 +213,31 @@ class Communicator(_Facade):
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.close()
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._close_interrupted()
+        else:
+            self.close()
+
+    def _close_interrupted(self, timeout: float | None = None) -> bool:
+        """Close after a Ctrl-C (or a signal): say what the close waits for, and close at
+        once on a second Ctrl-C (KeyboardInterrupt). True if that happened."""
+        if self._aio.is_closed():
+            return False
+        running = self._aio.core.handling
+        if running:
+            wait = self._aio.options.close_timeout if timeout is None else timeout
+            log.warning(
+                "closing: waiting up to %g s for %d running subscriber%s to finish and "
+                "ack %s message%s; press Ctrl-C again to stop now (unacked messages go "
+                "back to their queues)", wait, running, "s" if running > 1 else "",
+                "their" if running > 1 else "its", "s" if running > 1 else "")
+        try:
+            self.close(timeout)
+        except KeyboardInterrupt:
+            log.warning("closing now, without waiting for running subscribers")
+            self._portal.call(self._aio.abort, timeout=10.0)
+            return True
+        return False
 
     def is_closed(self) -> bool:
         return self._aio.is_closed()
@@ -242,7 +269,7 @@ class Communicator(_Facade):
             while not catcher.caught.wait(0.5):
                 if self.is_closed():
                     return None
-            self.close(close_timeout)
+            self._close_interrupted(close_timeout)  # a second signal: close at once
         return catcher.signum
 
     # tasks
