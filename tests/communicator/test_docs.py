@@ -16,7 +16,7 @@ from .conftest import Names
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "communicator.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.DOTALL)
-DOC_QUEUES = ("docs.thumbnails", "docs.aio-tasks", "docs.flaky", "docs.bulk")
+DOC_QUEUES = ("docs.thumbnails", "docs.aio-tasks", "docs.flaky", "docs.bulk", "docs.resize")
 
 
 def test_the_page_has_examples() -> None:

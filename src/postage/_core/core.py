@@ -23,7 +23,15 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping,
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from .._exceptions import ConfigurationError, ConnectionError, PostageError, at_call_site
+from .._exceptions import (
+    ChannelError,
+    ConfigurationError,
+    ConnectionError,
+    DeliveryTimeout,
+    NotFound,
+    PostageError,
+    at_call_site,
+)
 from .._settings import ConnectionSettings
 from .._transport import Delivery, Transport, transport_for
 from .._wire.encoding import Encoder, check_encoder, default_encoder
@@ -209,6 +217,34 @@ class Core:
     async def queue_state(self, name: str, *, timeout: float = 30.0) -> tuple[int, int]:
         """(messages ready, consumers) of an existing queue; NotFound otherwise."""
         return await self.transport.queue_state(name, timeout=timeout)
+
+    async def wait_for_consumer(self, queue: str, timeout: float, what: str, *,
+                                exclusive_counts: bool = False) -> None:
+        """Return once ``queue`` has a consumer; DeliveryTimeout after ``timeout`` s.
+
+        With ``exclusive_counts``, a queue held exclusively by another connection counts
+        as served (the broker tells no more of it: its owner declares, binds, then
+        consumes it). Polls with a passive declare, 20 ms apart at first, then up to 0.5 s.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay = 0.02
+        while True:
+            try:
+                _ready, consumers = await self.transport.queue_state(
+                    queue, timeout=max(0.1, deadline - loop.time()))
+                if consumers:
+                    return
+            except NotFound:
+                pass
+            except ChannelError as exc:
+                if not (exclusive_counts and exc.reply_code == 405):  # RESOURCE_LOCKED
+                    raise
+                return
+            if loop.time() + delay > deadline:
+                raise DeliveryTimeout(f"no {what} within {timeout:g} s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     async def bind(self, queue: str, exchange: str, routing_key: str) -> None:
         await self.transport.bind(Binding(queue, exchange, routing_key))

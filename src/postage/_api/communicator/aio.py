@@ -346,6 +346,13 @@ class AsyncCommunicator:
         self._rpc[identifier] = (subscriber, subscription, queue)
         return identifier
 
+    async def wait_for_subscriber(self, identifier: str, timeout: float = 30.0) -> None:
+        """Return once an RPC subscriber serves ``identifier`` (in any process), so that
+        ``rpc_send`` to it is not Unroutable; DeliveryTimeout after ``timeout`` s."""
+        await self.core.wait_for_consumer(
+            f"{self.options.rpc_exchange}.{identifier}", timeout,
+            f"RPC subscriber for {identifier!r}", exclusive_counts=True)
+
     async def remove_rpc_subscriber(self, identifier: str | Subscriber) -> None:
         """Stop answering as ``identifier`` (requests in progress are answered first);
         later requests to it fail with Unroutable."""

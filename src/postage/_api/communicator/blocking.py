@@ -172,6 +172,11 @@ class TaskQueue(_Facade):
         """Stop a subscriber of this queue (by identifier or the callback itself)."""
         self._call(self._aio.remove_task_subscriber, identifier)
 
+    def wait_for_subscriber(self, timeout: float = 30.0) -> None:
+        """Return once a task subscriber (in any process) consumes this queue;
+        DeliveryTimeout after ``timeout`` s."""
+        self._portal.call(self._aio.wait_for_subscriber, timeout, timeout=timeout + 5.0)
+
 
 class Communicator(_Facade):
     """kiwiPy-style blocking communicator: tasks, RPC and filtered broadcasts.
@@ -321,6 +326,12 @@ class Communicator(_Facade):
     def remove_rpc_subscriber(self, identifier: str | Subscriber) -> None:
         """Stop answering as ``identifier``."""
         self._call(self._aio.remove_rpc_subscriber, identifier)
+
+    def wait_for_subscriber(self, identifier: str, timeout: float = 30.0) -> None:
+        """Return once an RPC subscriber serves ``identifier`` (in any process), so that
+        ``rpc_send`` to it is not Unroutable; DeliveryTimeout after ``timeout`` s."""
+        self._portal.call(self._aio.wait_for_subscriber, identifier, timeout,
+                          timeout=timeout + 5.0)
 
     # broadcasts
     def broadcast_send(self, body: Any, sender: Any = None, subject: Any = None,

@@ -70,6 +70,12 @@ class AsyncTaskQueue:
         the broker has confirmed it; with ``no_reply``, return None after the confirm."""
         return await self._comm._send_task(self.name, task, no_reply)
 
+    async def wait_for_subscriber(self, timeout: float = 30.0) -> None:
+        """Return once a task subscriber (in any process) consumes this queue;
+        DeliveryTimeout after ``timeout`` s."""
+        await self._comm.core.wait_for_consumer(
+            self.name, timeout, f"task subscriber on queue {self.name!r}")
+
     async def add_task_subscriber(self, subscriber: Subscriber,
                                   identifier: str | None = None) -> str:
         """Consume the queue with ``subscriber(comm, body)``; return its identifier.
