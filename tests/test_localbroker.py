@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import pika.exceptions
 import pytest
 
 from postage._tooling.cli import main
+from postage._tooling.cli.broker import _plan_cluster
 from postage._tooling.localbroker import (
     LocalBrokerError,
     LocalNode,
@@ -111,6 +114,30 @@ def test_cli_error_is_one_line_without_traceback(tmp_path: Path) -> None:
     assert proc.stdout == ""
 
 
+def test_a_port_in_use_is_refused_with_advice(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    [port] = find_free_ports(1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        assert main(["broker", "start", "--dir", str(tmp_path), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"postage: error: port {port} is already in use"), err
+    assert "--port 0" in err and err.count("\n") == 1
+    assert not (tmp_path / "state.json").exists()
+
+
+def test_port_0_picks_free_ports(tmp_path: Path) -> None:
+    args = argparse.Namespace(nodes=3, port=0, tls=True, tls_port=0, management=True)
+    cluster = _plan_cluster(args, tmp_path)
+    ports = [p for n in cluster.nodes for p in (n.amqp_port, n.dist_port, n.tls_port,
+                                                 n.management_port)]
+    assert None not in ports and len(set(ports)) == 12
+    assert all(port_is_free(p) for p in ports if p is not None)
+    assert [n.amqp_port for n in cluster.nodes] == [args.port, args.port + 1, args.port + 2]
+    assert 10000 <= args.port < 12000 and 12000 <= args.tls_port < 14000
+
+
 def test_generated_certificates_verify(tmp_path: Path) -> None:
     files = generate_tls_files(tmp_path)
     for cert in (files.server_cert, files.client_cert):
@@ -141,6 +168,9 @@ def test_cli_start_status_connect_stop(tmp_path: Path) -> None:
         assert url == f"amqp://guest:guest@127.0.0.1:{port}/"
         assert started.stdout.splitlines()[1] == f"amqps://guest:guest@127.0.0.1:{tls_port}/"
         # where the certificates are, to give a client (stderr: stdout lists only URLs)
+        # what it did meanwhile (RabbitMQ takes about 10 s to start)
+        assert started.stderr.startswith(f"starting postage-{port}@localhost (port {port})")
+        assert "\nready in " in started.stderr
         said = [line for line in started.stderr.splitlines() if line.startswith("TLS files")]
         assert len(said) == 1 and "CA " in said[0], started.stderr
         ca = Path(said[0].split("CA ", 1)[1].split(",", 1)[0])

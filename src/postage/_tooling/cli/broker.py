@@ -7,7 +7,11 @@ and ``stop`` in another process (with the same ``--dir``) find them.
 from __future__ import annotations
 
 import argparse
+import random
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +23,7 @@ from postage._tooling.localbroker import (
     remove_state,
     write_state,
 )
+from postage._tooling.localbroker.tools import port_is_free
 
 if TYPE_CHECKING:
     from postage._tooling.cli import Subparsers
@@ -55,13 +60,15 @@ def register(subparsers: Subparsers) -> None:
         "--port",
         type=int,
         default=5672,
-        help="AMQP port (of node 1; node i uses PORT+i-1) (default: 5672)",
+        help="AMQP port (of node 1; node i uses PORT+i-1); 0 picks free ports "
+        "(default: 5672)",
     )
     start.add_argument("--nodes", type=int, default=1, help="cluster size (default: 1)")
     start.add_argument(
         "--tls", action="store_true", help="add a TLS listener with generated certificates (in DIR)"
     )
-    start.add_argument("--tls-port", type=int, default=5671, help="TLS port (default: 5671)")
+    start.add_argument("--tls-port", type=int, default=5671,
+                       help="TLS port; 0 picks a free one (default: 5671)")
     start.add_argument(
         "--management",
         action="store_true",
@@ -110,13 +117,62 @@ def run_start(args: argparse.Namespace) -> int:
         node.wipe()
     write_state(directory, cluster.nodes, cluster=len(cluster.nodes) > 1)
     try:
-        cluster.start(timeout=args.timeout)
+        _start_saying_so(cluster, args.timeout)
     except BaseException:
         remove_state(directory)
         raise
     print("\n".join(_urls(cluster.nodes)))
     _say_tls_files(cluster.nodes)
     return 0
+
+
+def _start_saying_so(cluster: LocalCluster, timeout: float) -> None:
+    """Start ``cluster``, telling stderr what happens meanwhile (stdout lists only URLs)."""
+    names = ", ".join(f"{n.node_name} (port {n.amqp_port})" for n in cluster.nodes)
+    print(f"starting {names}: RabbitMQ takes about 10 s", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(3.0):
+            print(f"  still starting ({time.monotonic() - started:.0f} s)", file=sys.stderr,
+                  flush=True)
+
+    ticker = threading.Thread(target=tick, name="postage-broker-progress", daemon=True)
+    ticker.start()
+    try:
+        cluster.start(timeout=timeout)
+    finally:
+        done.set()
+        ticker.join(1.0)
+    print(f"ready in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+
+
+def _ports(nodes: int, base: int, *, management: bool) -> list[int]:
+    """The AMQP, distribution (and management) ports of ``nodes`` nodes from ``base``."""
+    ports: list[int] = []
+    for i in range(nodes):
+        ports += [base + i, base + i + _DIST_OFFSET]
+        if management:
+            ports.append(base + i + 10000)
+    return ports
+
+
+def _free_base(count: int, ports: Callable[[int], list[int]], low: int, high: int) -> int:
+    """A base port whose ``ports(base)`` are all free, between ``low`` and ``high``."""
+    for base in random.sample(range(low, high - count), 300):
+        if all(port_is_free(p) for p in ports(base)):
+            return base
+    raise LocalBrokerError(f"no free ports found between {low} and {high}: pass --port")
+
+
+def _check_free(cluster: LocalCluster) -> None:
+    for node in cluster.nodes:
+        for port in (node.amqp_port, node.dist_port, node.tls_port, node.management_port):
+            if port is not None and not port_is_free(port):
+                raise LocalBrokerError(
+                    f"port {port} is already in use (another RabbitMQ, or a node of another "
+                    "--dir?): choose other ports with --port, or --port 0 to pick free ones")
 
 
 def _say_tls_files(nodes: list[LocalNode]) -> None:
@@ -143,6 +199,12 @@ def _plan_cluster(args: argparse.Namespace, directory: Path) -> LocalCluster:
     size: int = args.nodes
     if size < 1:
         raise LocalBrokerError("--nodes must be at least 1")
+    if args.port == 0:  # below the ephemeral range, as are their +10000 and +20000 ports
+        args.port = _free_base(size, lambda base: _ports(
+            size, base, management=args.management), 10000, 12000)
+    if args.tls and args.tls_port == 0:
+        args.tls_port = _free_base(size, lambda base: list(range(base, base + size)),
+                                   12000, 14000)
     _check_port("--port", args.port)
     _check_port("last node's dist port", args.port + size - 1 + _DIST_OFFSET)
     if args.tls:
@@ -170,6 +232,7 @@ def _plan_cluster(args: argparse.Namespace, directory: Path) -> LocalCluster:
                 plugins=only.plugins,
             )
         ]
+    _check_free(cluster)
     return cluster
 
 
