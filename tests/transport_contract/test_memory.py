@@ -17,7 +17,7 @@ from postage._transport import Consumer, Delivery, Transport
 from postage._transport.amqp.consumer import AmqpConsumer, AmqpDelivery
 from postage._transport.amqp.transport import AmqpTransport
 from postage._transport.memory import MemoryConsumer, MemoryDelivery, MemoryTransport, broker_name
-from postage._transport.memory.broker import headers_match, topic_matches
+from postage._transport.memory.model import headers_match, topic_matches
 from postage.testing import MemoryBroker, forget_broker, fresh_broker, named_broker
 
 

@@ -276,7 +276,7 @@ class Transport(abc.ABC):
 
     def _forget_queue(self, name: str) -> None:
         self._queues.pop(name, None)
-        for binding in [b for b in self._bindings if b.queue == name]:
+        for binding in [b for b in self._bindings if b.queue == name and not b.to_exchange]:
             del self._bindings[binding]
 
     async def _wait_ready(self, deadline: float | None) -> None:

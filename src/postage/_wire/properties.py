@@ -131,12 +131,15 @@ class QueueSpec:
 
 @dataclass(frozen=True, slots=True)
 class Binding:
-    """A queue bound to an exchange with a routing key."""
+    """A queue bound to an exchange with a routing key; with ``to_exchange``, ``queue``
+    names an exchange instead (an exchange-to-exchange binding: ``exchange`` is its
+    source)."""
 
     queue: str
     exchange: str
     routing_key: str
     arguments: tuple[tuple[str, Any], ...] = ()
+    to_exchange: bool = False
 
     def __post_init__(self) -> None:
         check_name("queue name", self.queue)

@@ -54,10 +54,23 @@ _FATAL_CONNECT = (AuthenticationError, VhostNotFound, ConfigurationError)
 
 
 async def _bind_on(channel: Any, binding: Binding) -> Any:
+    arguments = dict(binding.arguments) or None
+    if binding.to_exchange:
+        return await channel.exchange_bind(
+            binding.queue, binding.exchange, routing_key=binding.routing_key,
+            arguments=arguments)
     return await channel.queue_bind(
-        binding.queue, binding.exchange, routing_key=binding.routing_key,
-        arguments=dict(binding.arguments) or None,
-    )
+        binding.queue, binding.exchange, routing_key=binding.routing_key, arguments=arguments)
+
+
+async def _unbind_on(channel: Any, binding: Binding) -> Any:
+    arguments = dict(binding.arguments) or None
+    if binding.to_exchange:
+        return await channel.exchange_unbind(
+            binding.queue, binding.exchange, routing_key=binding.routing_key,
+            arguments=arguments)
+    return await channel.queue_unbind(
+        binding.queue, binding.exchange, routing_key=binding.routing_key, arguments=arguments)
 
 
 def _fail_unconfirmed(channel: Any) -> None:
@@ -172,7 +185,7 @@ class AmqpTransport(AmqpPublisher):
             if not await self._restore_step(self._declare_queue_on, queue):
                 unavailable.add(queue.name)
         for binding in list(self._bindings):
-            if binding.queue not in unavailable:
+            if binding.to_exchange or binding.queue not in unavailable:
                 await self._restore_step(_bind_on, binding)
         if self._reply_callback is not None:
             await self._consume_replies(self._reply_callback)
@@ -347,24 +360,12 @@ class AmqpTransport(AmqpPublisher):
         """Bind a queue to an exchange; the binding is restored after reconnecting."""
         if binding in self._bindings:
             return
-        await self._control_call(
-            lambda ch: ch.queue_bind(
-                binding.queue, binding.exchange, routing_key=binding.routing_key,
-                arguments=dict(binding.arguments) or None,
-            ),
-            timeout,
-        )
+        await self._control_call(lambda ch: _bind_on(ch, binding), timeout)
         self._bindings[binding] = None
 
     async def unbind(self, binding: Binding, *, timeout: float = 30.0) -> None:
         self._bindings.pop(binding, None)
-        await self._control_call(
-            lambda ch: ch.queue_unbind(
-                binding.queue, binding.exchange, routing_key=binding.routing_key,
-                arguments=dict(binding.arguments) or None,
-            ),
-            timeout,
-        )
+        await self._control_call(lambda ch: _unbind_on(ch, binding), timeout)
 
     # -- consuming --------------------------------------------------------------------
 
@@ -400,7 +401,7 @@ class AmqpTransport(AmqpPublisher):
     async def _declare_again(self, queue: str) -> None:
         await self._control_call(
             functools.partial(self._declare_queue_on, q=self._queues[queue]), 30)
-        for binding in [b for b in self._bindings if b.queue == queue]:
+        for binding in [b for b in self._bindings if b.queue == queue and not b.to_exchange]:
             await self._control_call(functools.partial(_bind_on, binding=binding), 30)
 
     async def _start_again(self, consumer: Consumer) -> None:

@@ -24,7 +24,6 @@ __all__ = ["MemoryBroker"]
 
 import bisect
 import logging
-from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -42,15 +41,13 @@ from .model import (
     _PREDECLARED,
     _REPLY_PREFIX,
     EXCHANGE_TYPES,
-    BrokerState,
+    Routing,
     _copy_properties,
     _Exchange,
     _Message,
     _Queue,
     add_death,
-    headers_match,
     is_full,
-    topic_matches,
 )
 
 if TYPE_CHECKING:
@@ -58,7 +55,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("postage.memory")
 
-class MemoryBroker(BrokerState):
+class MemoryBroker(Routing):
     """A RabbitMQ stand-in living in this process; connect with :class:`MemoryTransport`
     (or any API with its :attr:`url`). Safe to share between event loops and threads."""
     def drop_connections(self) -> None:
@@ -147,6 +144,9 @@ class MemoryBroker(BrokerState):
             if name.startswith("amq.") or name == "":
                 raise AccessRefused(f"ACCESS_REFUSED - cannot delete exchange '{name}'", 403)
             self._exchanges.pop(name, None)
+            for x in list(self._exchanges.values()):  # bindings to it go with it
+                for b in [b for b in x.bindings if b.to_exchange and b.queue == name]:
+                    del x.bindings[b]
 
     def declare_queue(self, spec: QueueSpec, transport: MemoryTransport) -> tuple[int, int]:
         with self._lock:
@@ -207,7 +207,7 @@ class MemoryBroker(BrokerState):
     def _delete_queue(self, name: str) -> None:
         q = self._queues.pop(name)
         for x in list(self._exchanges.values()):
-            bound = [b for b in x.bindings if b.queue == name]
+            bound = [b for b in x.bindings if b.queue == name and not b.to_exchange]
             for b in bound:
                 del x.bindings[b]
             if bound:
@@ -237,8 +237,10 @@ class MemoryBroker(BrokerState):
                 raise AccessRefused(
                     "ACCESS_REFUSED - operation not permitted on the default exchange", 403
                 )
-            q = self._require_queue(binding.queue)
-            self._check_owner(q, transport)
+            if binding.to_exchange:
+                self._require_exchange(binding.queue)
+            else:
+                self._check_owner(self._require_queue(binding.queue), transport)
             self._require_exchange(binding.exchange).bindings[binding] = None
 
     def unbind(self, binding: Binding, transport: MemoryTransport) -> None:
@@ -247,7 +249,7 @@ class MemoryBroker(BrokerState):
                 raise AccessRefused(
                     "ACCESS_REFUSED - operation not permitted on the default exchange", 403
                 )
-            q = self._queues.get(binding.queue)
+            q = None if binding.to_exchange else self._queues.get(binding.queue)
             if q is not None:
                 self._check_owner(q, transport)
             x = self._exchanges.get(binding.exchange)
@@ -273,12 +275,17 @@ class MemoryBroker(BrokerState):
                 raise AccessRefused(
                     f"ACCESS_REFUSED - cannot publish to internal exchange '{exchange}'", 403
                 )
-            queues = self._route(x, routing_key, properties.headers or {})
+            headers = properties.headers or {}
+            keys = [routing_key, *_keys(headers.get("CC")), *_keys(headers.get("BCC"))]
+            queues = self._route(x, keys, headers)
             self.published += 1
             if not queues:
                 if mandatory:
                     raise Unroutable(exchange, routing_key)
                 return
+            if "BCC" in headers:  # sender-selected distribution: BCC is not delivered
+                properties = replace(properties, headers={
+                    k: v for k, v in headers.items() if k != "BCC"})
             stored = _copy_properties(properties)
             refused = [q for q in queues if not self._enqueue(
                 q, _Message(bytes(body), stored, exchange, routing_key, next(self._seq)))]
@@ -300,32 +307,6 @@ class MemoryBroker(BrokerState):
         if mandatory:
             raise Unroutable("", address)
 
-    def _route(self, x: _Exchange | None, routing_key: str,
-               headers: Mapping[str, Any], seen: frozenset[str] = frozenset()) -> list[_Queue]:
-        if x is None:  # the default exchange
-            q = self._queues.get(routing_key)
-            return [q] if q is not None else []
-        kind = x.spec.type
-        names: dict[str, None] = {}
-        for b in x.bindings:
-            if kind == "fanout":
-                ok = True
-            elif kind == "direct":
-                ok = b.routing_key == routing_key
-            elif kind == "topic":
-                ok = topic_matches(b.routing_key, routing_key)
-            else:
-                ok = headers_match(dict(b.arguments), headers)
-            if ok:
-                names[b.queue] = None
-        found = [self._queues[n] for n in names if n in self._queues]
-        alternate = dict(x.spec.arguments).get("alternate-exchange")
-        if not found and alternate and alternate not in seen:
-            ax = self._exchanges.get(str(alternate))
-            if ax is not None:
-                return self._route(ax, routing_key, headers, seen | {x.spec.name})
-        return found
-
     def _enqueue(self, q: _Queue, message: _Message) -> bool:
         """Store ``message`` in ``q``; False when a full queue refuses it (``x-overflow``
         reject-publish, and reject-publish-dlx, which dead-letters it)."""
@@ -334,6 +315,10 @@ class MemoryBroker(BrokerState):
             if overflow == "reject-publish-dlx":
                 self._dead_letter(q, message, "maxlen")
             return False
+        ttl = _ttl(q.arguments.get("x-message-ttl"), message.properties.expiration)
+        if ttl is not None:
+            message.expires = self.clock.now() + ttl
+            self.clock.call_at(message.expires, lambda: self._on_timer(q))
         q.ready.append(message)
         while q.ready and is_full(q):  # drop-head: the oldest go
             self._dead_letter(q, q.ready.popleft(), "maxlen")
@@ -367,23 +352,24 @@ class MemoryBroker(BrokerState):
         dlx = args.get("x-dead-letter-exchange")
         if dlx is None:
             return
-        key = str(args.get("x-dead-letter-routing-key", message.routing_key))
+        keys = ([str(args["x-dead-letter-routing-key"])] if "x-dead-letter-routing-key" in args
+                else message.routing_keys)
         headers = dict(message.properties.headers or {})
-        add_death(headers, q.spec.name, reason, message.exchange, message.routing_key,
+        add_death(headers, q.spec.name, reason, message.exchange, message.routing_keys,
                   message.properties.expiration)
         x = self._exchanges.get(str(dlx)) if dlx else None
         if dlx and x is None:
             return
         props = replace(message.properties, headers=headers, expiration=None)
-        for target in self._route(x, key, headers):
+        for target in self._route(x, keys, headers):
             if target is not q or reason != "maxlen":
-                target.ready.append(_Message(message.body, props, str(dlx), key,
-                                             next(self._seq)))
-                self._dispatch(target)
+                self._enqueue(target, _Message(message.body, props, str(dlx), keys[0],
+                                               next(self._seq)))
 
     def _dispatch(self, q: _Queue) -> None:
         """Hand ready messages to consumers with room, oldest first: to the highest
         ``x-priority`` among them, round robin between equals."""
+        self._expire(q)
         while q.ready and q.consumers:
             count = len(q.consumers)
             chosen: MemoryConsumer | None = None
@@ -397,6 +383,20 @@ class MemoryBroker(BrokerState):
                 return
             q.turn = (q.turn + chosen_step + 1) % count
             chosen._deliver(q, q.ready.popleft())
+            self._expire(q)
+
+    def _expire(self, q: _Queue) -> None:
+        """Dead-letter (or drop) the expired messages at the head of ``q``: as in RabbitMQ,
+        a message expires only once it reaches the head."""
+        now = self.clock.now()
+        ready = q.ready
+        while ready and ready[0].expires is not None and ready[0].expires <= now:
+            self._dead_letter(q, ready.popleft(), "expired")
+
+    def _on_timer(self, q: _Queue) -> None:
+        with self._lock:
+            if self._queues.get(q.spec.name) is q:
+                self._dispatch(q)
 
     # -- consumers ----------------------------------------------------------------------
 
@@ -462,3 +462,20 @@ class MemoryBroker(BrokerState):
             return address
 
 
+
+
+def _keys(value: Any) -> list[str]:
+    """The routing keys of a ``CC`` or ``BCC`` header."""
+    return [k for k in value if isinstance(k, str)] if isinstance(value, list) else []
+
+
+def _ttl(queue_ttl: Any, expiration: str | None) -> float | None:
+    """Seconds a message may wait in a queue: the lower of the queue's ``x-message-ttl``
+    and the message's ``expiration`` (both in ms), or None."""
+    limits = [queue_ttl] if isinstance(queue_ttl, int) and not isinstance(queue_ttl, bool) else []
+    if expiration is not None:
+        try:
+            limits.append(int(expiration))
+        except ValueError:
+            pass
+    return min(limits) / 1000 if limits else None

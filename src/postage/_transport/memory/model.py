@@ -3,7 +3,7 @@ beyond matching), and what tests may read of it (:class:`BrokerState`)."""
 
 from __future__ import annotations
 
-__all__ = ["BrokerState", "add_death", "headers_match", "is_full", "topic_matches"]
+__all__ = ["BrokerState", "Routing", "add_death", "headers_match", "is_full", "topic_matches"]
 
 import functools
 import itertools
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..._exceptions import EncodingError, NotFound
 from ..._wire.properties import Binding, ExchangeSpec, Properties, QueueSpec
 from ..base import DIRECT_REPLY_TO
+from .clock import Clock, SystemClock
 
 if TYPE_CHECKING:
     from .transport import MemoryConsumer, MemoryTransport
@@ -97,7 +98,7 @@ def _kind(value: Any) -> type:
 
 
 def add_death(headers: dict[str, Any], queue: str, reason: str, exchange: str,
-              routing_key: str, expiration: str | None) -> None:
+              routing_keys: list[str], expiration: str | None) -> None:
     """Record a death in ``headers`` as RabbitMQ does: the latest (queue, reason) first in
     ``x-death``, its ``count`` raised when it died that way before; the first death in the
     ``x-first-death-*`` headers."""
@@ -107,7 +108,7 @@ def add_death(headers: dict[str, Any], queue: str, reason: str, exchange: str,
     count = int(previous.get("count", 0)) + 1 if previous is not None else 1
     death: dict[str, Any] = {"count": count, "reason": reason, "queue": queue,
                              "time": datetime.now(UTC).replace(microsecond=0),
-                             "exchange": exchange, "routing-keys": [routing_key]}
+                             "exchange": exchange, "routing-keys": list(routing_keys)}
     if expiration is not None:
         death["original-expiration"] = expiration
     headers["x-death"] = [death, *(d for d in deaths if d is not previous)]
@@ -167,6 +168,14 @@ class _Message:
     seq: int
     redelivered: bool = False
     delivery_count: int = 0
+    expires: float | None = None  # the clock's time when its TTL ends
+
+    @property
+    def routing_keys(self) -> list[str]:
+        """Its routing key and those of its ``CC`` header (kept when dead-lettered)."""
+        cc = (self.properties.headers or {}).get("CC")
+        extra = [k for k in cc if isinstance(k, str)] if isinstance(cc, list) else []
+        return [self.routing_key, *extra]
 
 
 @dataclass(slots=True)
@@ -196,8 +205,9 @@ class _Queue:
 class BrokerState:
     """What a memory broker holds, and the read-only views tests use."""
 
-    def __init__(self, name: str = "") -> None:
+    def __init__(self, name: str = "", clock: Clock | None = None) -> None:
         self.name = name
+        self.clock: Clock = clock if clock is not None else SystemClock()
         self._lock = threading.RLock()
         self._exchanges: dict[str, _Exchange] = {s.name: _Exchange(s) for s in _PREDECLARED}
         self._queues: dict[str, _Queue] = {}
@@ -250,7 +260,7 @@ class BrokerState:
     def bindings(self, queue: str | None = None) -> list[Binding]:
         with self._lock:
             found = [b for x in self._exchanges.values() for b in x.bindings]
-            return [b for b in found if queue is None or b.queue == queue]
+            return [b for b in found if queue is None or (b.queue == queue and not b.to_exchange)]
 
     def peek(self, queue: str) -> list[tuple[bytes, Properties]]:
         """Bodies and properties of the messages ready in ``queue``, oldest first (copies)."""
@@ -283,3 +293,45 @@ class BrokerState:
         if x is None:
             raise NotFound(f"NOT_FOUND - no exchange '{name}' in vhost '/'", 404)
         return x
+
+
+def _matches(kind: str, binding: Binding, keys: list[str], headers: Mapping[str, Any]) -> bool:
+    if kind == "fanout":
+        return True
+    if kind == "direct":
+        return binding.routing_key in keys
+    if kind == "topic":
+        return any(topic_matches(binding.routing_key, key) for key in keys)
+    return headers_match(dict(binding.arguments), headers)
+
+
+class Routing(BrokerState):
+    """Where a message goes: bindings of queues and of exchanges (each exchange visited
+    once), alternate exchanges, the default exchange; every routing key counts (CC)."""
+
+    def _route(self, x: _Exchange | None, keys: list[str],
+               headers: Mapping[str, Any]) -> list[_Queue]:
+        found: dict[str, _Queue] = {}
+        self._route_into(x, keys, headers, found, set())
+        return list(found.values())
+
+    def _route_into(self, x: _Exchange | None, keys: list[str], headers: Mapping[str, Any],
+                    found: dict[str, _Queue], seen: set[str]) -> None:
+        if x is None:  # the default exchange: the keys name queues
+            found.update((k, self._queues[k]) for k in keys if k in self._queues)
+            return
+        seen.add(x.spec.name)
+        before = len(found)
+        for b in list(x.bindings):
+            if not _matches(x.spec.type, b, keys, headers):
+                continue
+            if not b.to_exchange:
+                if b.queue in self._queues:
+                    found.setdefault(b.queue, self._queues[b.queue])
+            elif b.queue in self._exchanges and b.queue not in seen:
+                self._route_into(self._exchanges[b.queue], keys, headers, found, seen)
+        alternate = dict(x.spec.arguments).get("alternate-exchange")
+        if len(found) == before and alternate and str(alternate) not in seen:
+            ax = self._exchanges.get(str(alternate))
+            if ax is not None:
+                self._route_into(ax, keys, headers, found, seen)

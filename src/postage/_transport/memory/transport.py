@@ -226,7 +226,7 @@ class MemoryTransport(Transport):
         unavailable = {q.name for q in list(self._queues.values())
                        if not self._quietly(self._broker.declare_queue, q, self)}
         for binding in list(self._bindings):
-            if binding.queue not in unavailable:
+            if binding.to_exchange or binding.queue not in unavailable:
                 self._quietly(self._broker.bind, binding, self)
         if self._reply_callback is not None:
             self._reply_address = self._broker.register_replies(self)
@@ -282,7 +282,7 @@ class MemoryTransport(Transport):
     async def delete_queue(self, name: str, *, timeout: float = 30.0) -> None:
         await self._ready_or_raise()
         self._queues.pop(name, None)
-        for binding in [b for b in self._bindings if b.queue == name]:
+        for binding in [b for b in self._bindings if b.queue == name and not b.to_exchange]:
             del self._bindings[binding]
         self._broker.delete_queue(name, self)
 
@@ -360,7 +360,7 @@ class MemoryTransport(Transport):
 
     async def _declare_again(self, queue: str) -> None:
         self._broker.declare_queue(self._queues[queue], self)
-        for binding in [b for b in self._bindings if b.queue == queue]:
+        for binding in [b for b in self._bindings if b.queue == queue and not b.to_exchange]:
             self._broker.bind(binding, self)
 
     async def _start_again(self, consumer: Consumer) -> None:

@@ -1,0 +1,82 @@
+"""Where a delayed message waits, without any broker plugin: names and routing keys only.
+
+A delay is a number of ``UNIT`` (10 ms) ticks written in binary, most significant bit
+first, as the first ``LEVELS`` words of the routing key: ``1.0.0.1...0.q.jobs``. The
+message enters at the exchange of the highest level and walks down: the exchange of level
+``L`` (topic) sends it to the queue of level ``L`` when bit ``L`` is 1 (a durable queue
+whose ``x-message-ttl`` is ``2**L`` ticks, dead-lettering to the exchange of level
+``L - 1``), or straight on to that exchange when the bit is 0 (an exchange-to-exchange
+binding). Below level 0 is the *deliver* exchange, where the rest of the key names the
+target: ``q.<queue>`` (bound to that queue) or ``x.<exchange>`` (bound to that exchange,
+with the target's own routing key in the ``CC`` header, which routing and dead-lettering
+keep). Every level queue holds messages of one TTL only, so none waits behind a longer one.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DELIVER",
+    "ENTRY",
+    "LEVELS",
+    "MAX_DELAY",
+    "UNIT",
+    "delay_key",
+    "level_exchange",
+    "level_queue",
+    "target_pattern",
+]
+
+from .._exceptions import ConfigurationError
+
+LEVELS = 28
+UNIT = 0.01  # seconds per tick
+MAX_DELAY = (2**LEVELS - 1) * UNIT  # about 31 days
+DELIVER = "postage.delay.deliver"
+_ANY_LEVELS = ".".join(["*"] * LEVELS)
+
+
+def level_exchange(level: int) -> str:
+    """The exchange of ``level`` (``DELIVER`` below level 0)."""
+    return f"postage.delay.{level}" if level >= 0 else DELIVER
+
+
+def level_queue(level: int) -> str:
+    return f"postage.delay.{level}.queue"
+
+
+ENTRY = level_exchange(LEVELS - 1)
+
+
+def level_pattern(level: int, bit: str) -> str:
+    """The binding key of ``level``'s exchange for messages whose bit ``level`` is ``bit``."""
+    return ".".join(["*"] * (LEVELS - 1 - level) + [bit, "#"])
+
+
+def ticks(delay: float) -> int:
+    """``delay`` seconds in ticks (rounded); ConfigurationError outside 0 to MAX_DELAY."""
+    if not 0 <= delay <= MAX_DELAY:
+        raise ConfigurationError(
+            f"a delay must be between 0 and {MAX_DELAY:.0f} s, not {delay!r}")
+    return round(delay / UNIT)
+
+
+def _target(kind: str, name: str) -> str:
+    if kind not in ("q", "x") or not name:
+        raise ConfigurationError(f"a delayed message needs a queue or exchange, not {name!r}")
+    if any(word in ("*", "#") for word in name.split(".")):
+        raise ConfigurationError(
+            f"{name!r} cannot receive delayed messages: '*' and '#' are wildcards of the "
+            "routing key that carries the delay")
+    return f"{kind}.{name}"
+
+
+def delay_key(delay: float, kind: str, name: str) -> str:
+    """The routing key that makes a message wait ``delay`` seconds, then go to the queue
+    (``kind`` ``"q"``) or exchange (``"x"``) ``name``."""
+    bits = format(ticks(delay), f"0{LEVELS}b")
+    return ".".join(bits) + "." + _target(kind, name)
+
+
+def target_pattern(kind: str, name: str) -> str:
+    """The binding key, on ``DELIVER``, of the queue or exchange ``name``."""
+    return f"{_ANY_LEVELS}.{_target(kind, name)}"
