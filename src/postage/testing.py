@@ -16,9 +16,12 @@ Fixtures: ``postage_broker`` (a new :class:`MemoryBroker`, forgotten after the t
 from __future__ import annotations
 
 __all__ = [
+    "Clock",
+    "ManualClock",
     "MemoryBroker",
     "MemoryDelivery",
     "MemoryTransport",
+    "SystemClock",
     "forget_broker",
     "fresh_broker",
     "named_broker",
@@ -29,19 +32,24 @@ import os
 
 from ._transport.memory import MemoryDelivery, MemoryTransport
 from ._transport.memory.broker import MemoryBroker
+from ._transport.memory.clock import Clock, ManualClock, SystemClock
 from ._transport.memory.names import _named, _named_lock, named_broker
 
 _fresh = itertools.count(1)
 
 
-def fresh_broker(prefix: str = "test") -> MemoryBroker:
+def fresh_broker(prefix: str = "test", *, clock: Clock | None = None) -> MemoryBroker:
     """A new, empty broker reachable as ``broker.url`` (``memory://<prefix>-<n>``) from any
-    API of this process. Call :func:`forget_broker` when done with it."""
+    API of this process. Call :func:`forget_broker` when done with it.
+
+    ``clock``: what message TTLs and delays count on; a :class:`ManualClock` moves only
+    when the test calls ``clock.advance(seconds)``, so a test of retries with back-off or
+    of delayed messages does not sleep."""
     while True:
         name = f"{prefix}-{os.getpid()}-{next(_fresh)}"
         with _named_lock:
             if name not in _named:
-                broker = _named[name] = MemoryBroker(name)
+                broker = _named[name] = MemoryBroker(name, clock)
                 return broker
 
 

@@ -225,7 +225,7 @@ class AsyncClient:
                 result = await result
             return result
 
-        options = HandlingOptions(policy or RetryPolicy(), replies=_RAW_REPLIES)
+        options = HandlingOptions(policy, replies=_RAW_REPLIES)
         subscription = await core.consume(
             queue_name, run, options, no_ack=no_ack,
             prefetch_count=DEFAULT_PREFETCH if prefetch_count is None else prefetch_count,

@@ -77,7 +77,8 @@ class Core:
     handled on this connection (the first one outermost). ``max_workers``: threads for
     blocking handlers, started on demand (default 512). ``error_details``: error replies
     carry the remote traceback and the server's fingerprint (off by default: they
-    disclose file paths, pid, host and user to any caller).
+    disclose file paths, pid, host and user to any caller). ``retry_policy``: the
+    :class:`RetryPolicy` of subscriptions that name none.
     """
 
     def __init__(
@@ -93,6 +94,7 @@ class Core:
         transport: Transport | None = None,
         middleware: Sequence[Middleware] = (),
         error_details: bool = False,
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
         self.settings = settings or ConnectionSettings.from_url(None)
         # ``transport``: another transport (e.g. a MemoryTransport); memory:// URLs get one
@@ -106,6 +108,8 @@ class Core:
         # error replies carry the traceback and the server's fingerprint (opt-in: they
         # show file paths, pid, host and user to any caller)
         self.error_details = error_details
+        self.retry_policy = retry_policy or RetryPolicy()
+        """The policy of subscriptions that name none (a connection-wide default)."""
         self.outbound = Outbound(self.transport, self.middleware, max_message_size)
         self.rpc = RpcClient(self)
         if max_workers is not None and max_workers < 1:
@@ -277,20 +281,23 @@ class Core:
     def publish(
         self, exchange: str, routing_key: str, body: bytes,
         properties: Properties | None = None, *, mandatory: bool = True,
-        timeout: float | None = None, kind: str = "publish",
+        timeout: float | None = None, kind: str = "publish", delay: float | None = None,
     ) -> Coroutine[Any, Any, None]:
-        """Publish through the outbound pipeline and wait for the broker's confirm."""
+        """Publish through the outbound pipeline and wait for the broker's confirm; with
+        ``delay`` (seconds), the message reaches ``exchange`` that much later (it is
+        confirmed once stored on the broker, and persistent: see docs/failures.md)."""
         return self.outbound.publish(exchange, routing_key, body, properties,
-                                     mandatory=mandatory, timeout=timeout, kind=kind)
+                                     mandatory=mandatory, timeout=timeout, kind=kind,
+                                     delay=delay)
 
     async def publish_envelope(
         self, exchange: str, routing_key: str, envelope: Mapping[str, Any], *,
         persistent: bool = False, mandatory: bool = True, timeout: float | None = None,
-        **properties: Any,
+        delay: float | None = None, **properties: Any,
     ) -> None:
         props = self.properties(delivery_mode=PERSISTENT if persistent else None, **properties)
         await self.publish(exchange, routing_key, self.encode(envelope), props,
-                           mandatory=mandatory, timeout=timeout)
+                           mandatory=mandatory, timeout=timeout, delay=delay)
 
     async def reply(
         self, request: Delivery, body: bytes, properties: Properties | None = None
@@ -384,7 +391,8 @@ class Core:
         async def on_message(message: IncomingMessage) -> None:
             await handler(message.delivery)
 
-        return await self.consume(queue, on_message, HandlingOptions(policy or RetryPolicy()),
+        return await self.consume(queue, on_message,
+                                  HandlingOptions(policy),
                                   prefetch_count=prefetch_count, exclusive=exclusive,
                                   no_ack=no_ack)
 

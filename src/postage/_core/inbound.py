@@ -41,7 +41,9 @@ __all__ = [
 ]
 
 import asyncio
+import datetime
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -74,6 +76,8 @@ HEADER_ERROR = "x-postage-error"
 HEADER_QUEUE = "x-postage-queue"
 HEADER_EXCHANGE = "x-postage-exchange"
 HEADER_ROUTING_KEY = "x-postage-routing-key"
+HEADER_FIRST_FAILED = "x-postage-first-failed"
+HEADER_LAST_FAILED = "x-postage-last-failed"
 MAX_ERROR = 1000
 
 Handler = Callable[[IncomingMessage], Awaitable[Any]]
@@ -88,16 +92,42 @@ class RetryPolicy:
     reaches other consumers), then moved to ``<queue>.dlq``. A message redelivered by the
     broker because its consumer died (or lost its connection) while handling it is counted
     in ``x-postage-redeliveries`` and moved to ``<queue>.dlq`` after ``max_redeliveries``.
+
+    Back-off: attempt ``n + 1`` comes ``delay * multiplier ** (n - 1)`` seconds after
+    attempt ``n`` failed (at most ``max_delay``), give or take ``jitter`` (a fraction of
+    it, drawn at random), waiting on the broker (durable delay queues: the wait survives
+    restarts of the consumer and of the broker, and holds nothing else up). ``delay = 0``
+    (the default) retries at once. An exception of a class in ``no_retry`` (and
+    ``postage.Reject``) goes to ``<queue>.dlq`` at once.
     """
 
     max_attempts: int = 3
     max_redeliveries: int = 5
+    delay: float = 0.0
+    multiplier: float = 2.0
+    max_delay: float = 300.0
+    jitter: float = 0.1
+    no_retry: tuple[type[BaseException], ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ConfigurationError("max_attempts must be at least 1")
         if self.max_redeliveries < 0:
             raise ConfigurationError("max_redeliveries must be 0 or more")
+        if self.delay < 0 or self.max_delay < 0 or self.multiplier < 1:
+            raise ConfigurationError(
+                "delay and max_delay must be 0 or more, and multiplier at least 1")
+        if not 0 <= self.jitter <= 1:
+            raise ConfigurationError("jitter must be between 0 and 1 (a fraction of the delay)")
+        if not all(isinstance(c, type) and issubclass(c, BaseException) for c in self.no_retry):
+            raise ConfigurationError("no_retry must be a tuple of exception classes")
+
+    def delay_after(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1 for the first)."""
+        if self.delay <= 0:
+            return 0.0
+        base = min(self.max_delay, self.delay * self.multiplier ** max(0, attempt - 1))
+        return max(0.0, base * (1 + self.jitter * random.uniform(-1.0, 1.0)))
 
 
 class Replies(Protocol):
@@ -128,7 +158,7 @@ class HandlingOptions:
     ``replies``: the API's encoding of results and errors for ``reply_to``.
     """
 
-    policy: RetryPolicy = RetryPolicy()
+    policy: RetryPolicy | None = None
     errors: str = "retry"
     envelope: bool = False
     dead_letter_queue: str | None = ""
@@ -157,7 +187,7 @@ class Subscription:
         self.core = core
         self.queue = queue
         self.options = options
-        self.policy = options.policy
+        self.policy = options.policy or core.retry_policy
         self.consumer: Consumer | None = None
         dlq = options.dead_letter_queue
         self.dead_letter_queue = f"{queue}.dlq" if dlq == "" else dlq
@@ -272,10 +302,16 @@ class Subscription:
             log.error("handler for queue %r raised %s", self.queue, error, exc_info=exc)
             await message.delivery.ack()
             return
+        elif isinstance(exc, self.policy.no_retry):
+            reason = "handler-failed"
+            log.error("handler for queue %r failed (%s), which its policy does not retry; "
+                      "dead-lettering", self.queue, error, exc_info=exc)
         elif message.attempt < self.policy.max_attempts:
-            log.warning("handler for queue %r failed (attempt %d of %d): %s; retrying",
-                        self.queue, message.attempt, self.policy.max_attempts, error)
-            await self._retry(message, error)
+            delay = self.policy.delay_after(message.attempt)
+            log.warning("handler for queue %r failed (attempt %d of %d): %s; retrying%s",
+                        self.queue, message.attempt, self.policy.max_attempts, error,
+                        f" in {delay:.2f} s" if delay else "")
+            await self._retry(message, error, delay)
             return
         else:
             reason = "handler-failed"
@@ -296,27 +332,33 @@ class Subscription:
             return
         await self._send_back(message, {HEADER_REDELIVERIES: count})
 
-    async def _retry(self, message: IncomingMessage, error: str) -> None:
-        await self._send_back(message, {HEADER_ATTEMPTS: message.attempt,
-                                        HEADER_ERROR: error[:MAX_ERROR]})
+    async def _retry(self, message: IncomingMessage, error: str, delay: float) -> None:
+        now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        headers = message.delivery.headers or {}
+        await self._send_back(message, {
+            HEADER_ATTEMPTS: message.attempt, HEADER_ERROR: error[:MAX_ERROR],
+            HEADER_FIRST_FAILED: headers.get(HEADER_FIRST_FAILED, now),
+            HEADER_LAST_FAILED: now}, delay)
         for mw in self._notify_retry:
             try:
                 await mw.retried(message, error)
             except Exception:
                 log.exception("middleware %r failed in retried()", mw)
 
-    async def _send_back(self, message: IncomingMessage, counts: dict[str, Any]) -> None:
-        """Publish the message again at the end of its queue with ``counts`` in its
-        headers (and where it was first sent), then ack this delivery."""
+    async def _send_back(self, message: IncomingMessage, counts: dict[str, Any],
+                         delay: float = 0.0) -> None:
+        """Publish the message again at the end of its queue (``delay`` seconds later)
+        with ``counts`` in its headers (and where it was first sent), then ack this
+        delivery."""
         delivery = message.delivery
         props = delivery.properties
-        headers = dict(props.headers or {})
+        headers = resend_headers(delivery)
         headers.setdefault(HEADER_EXCHANGE, delivery.exchange)
         headers.setdefault(HEADER_ROUTING_KEY, delivery.routing_key)
         headers.update(counts)
         try:
             await self.core.outbound.send_back(self.queue, delivery.body,
-                                               replace(props, headers=headers))
+                                               replace(props, headers=headers), delay)
         except PostageError as perr:
             log.error("cannot send a message back to %r (%s); the broker redelivers it",
                       self.queue, perr)
@@ -346,12 +388,21 @@ class Subscription:
                 log.exception("middleware %r failed in dead_lettered()", mw)
 
 
+def resend_headers(delivery: Delivery) -> dict[str, Any]:
+    """The headers of ``delivery`` for sending it again through the default exchange:
+    without ``CC``/``BCC`` (their routing keys would reach queues of those names)."""
+    headers = dict(delivery.properties.headers or {})
+    headers.pop("CC", None)
+    headers.pop("BCC", None)
+    return headers
+
+
 def dead_letter_headers(
     delivery: Delivery, queue: str, reason: str, error: str, *, exchange: str,
     routing_key: str, attempts: int | None,
 ) -> dict[str, Any]:
     """The headers of a dead letter: the message's own plus why and where from."""
-    headers = dict(delivery.properties.headers or {})
+    headers = resend_headers(delivery)
     headers.update({
         HEADER_REASON: reason,
         HEADER_ERROR: error[:MAX_ERROR],

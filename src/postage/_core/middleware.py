@@ -57,6 +57,8 @@ class OutgoingMessage:
     kind: str = "publish"
     mandatory: bool = True
     timeout: float | None = None
+    delay: float | None = None
+    """Seconds to wait before it reaches ``exchange`` (None: now)."""
 
     @property
     def headers(self) -> dict[str, Any]:

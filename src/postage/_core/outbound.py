@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from .._exceptions import EncodingError, PostageError
 from .._wire.properties import PERSISTENT, Properties, QueueSpec, check_name
+from .delays import Delays
 from .inbound import dead_letter_headers
 from .middleware import (
     IncomingMessage,
@@ -49,6 +50,7 @@ class Outbound:
             if any(overrides(m, "publish") for m in self.middleware) else None)
         self._reply_hooks = any(overrides(m, "reply") for m in self.middleware)
         self._dlqs: set[str] = set()
+        self.delays = Delays(transport)
 
     def check_size(self, body: bytes) -> None:
         if len(body) > self.max_message_size:
@@ -58,11 +60,19 @@ class Outbound:
     async def publish(
         self, exchange: str, routing_key: str, body: bytes, properties: Properties | None,
         *, mandatory: bool, timeout: float | None, kind: str = "publish",
+        delay: float | None = None,
     ) -> None:
+        """Publish, confirmed; with ``delay`` (seconds), the message reaches ``exchange``
+        that much later (see :mod:`.delays`)."""
         self.check_size(body)
         check_name("exchange name", exchange)
         check_name("routing key", routing_key)
         if self._chain is None:
+            if Delays.wanted(delay):
+                assert delay is not None
+                await self.delays.publish(delay, exchange, routing_key, body, properties,
+                                          mandatory=mandatory, timeout=timeout)
+                return
             await self.transport.publish(exchange, routing_key, body, properties,
                                          mandatory=mandatory, timeout=timeout)
             return
@@ -70,10 +80,16 @@ class Outbound:
         if props.headers is not None:
             props.headers = dict(props.headers)
         await self._chain(OutgoingMessage(exchange, routing_key, body, props, kind, mandatory,
-                                          timeout))
+                                          timeout, delay))
 
     async def _send(self, message: OutgoingMessage) -> None:
         self.check_size(message.body)
+        if Delays.wanted(message.delay):
+            assert message.delay is not None
+            await self.delays.publish(
+                message.delay, message.exchange, message.routing_key, message.body,
+                message.properties, mandatory=message.mandatory, timeout=message.timeout)
+            return
         await self.transport.publish(
             message.exchange, message.routing_key, message.body, message.properties,
             mandatory=message.mandatory, timeout=message.timeout)
@@ -105,10 +121,16 @@ class Outbound:
         await self.transport.publish_transient(
             message.exchange, message.routing_key, message.body, message.properties)
 
-    async def send_back(self, queue: str, body: bytes, props: Properties) -> None:
+    async def send_back(self, queue: str, body: bytes, props: Properties,
+                        delay: float | None = None) -> None:
         """Publish a received message again to the end of ``queue`` (a retry), confirmed,
-        through the default exchange; not through the middleware (it is not a new message:
-        middleware hears of it through ``retried``)."""
+        through the default exchange, ``delay`` seconds later; not through the middleware
+        (it is not a new message: middleware hears of it through ``retried``)."""
+        if Delays.wanted(delay):
+            assert delay is not None
+            await self.delays.publish(delay, "", queue, body, props, mandatory=True,
+                                      timeout=None)
+            return
         await self.transport.publish("", queue, body, props, mandatory=True)
 
     async def ensure_dlq(self, dlq: str) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "UNIT",
     "delay_key",
     "level_exchange",
+    "level_pattern",
     "level_queue",
     "target_pattern",
 ]

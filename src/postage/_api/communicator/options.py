@@ -23,7 +23,9 @@ class CommunicatorOptions:
     may be long, so one hour by default); ``None`` explicitly means no deadline.
     ``task_prefetch_count``: tasks one task subscriber may hold at once (1: fair dispatch).
     ``task_max_attempts``: deliveries of a task whose subscriber raises before it is moved
-    to ``<queue>.dlq`` (only the final failure is reported to the sender).
+    to ``<queue>.dlq`` (only the final failure is reported to the sender); the back-off
+    between them is the connection's ``retry_policy`` (a :class:`~postage.RetryPolicy`
+    keyword of ``connect``; none by default).
     ``task_max_redeliveries``: redeliveries of a task whose subscriber's process died (or
     lost its connection) while handling it, before it is moved to ``<queue>.dlq``; its
     sender then gets a RemoteError of type ``DeadLettered`` naming that queue.

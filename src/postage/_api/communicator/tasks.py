@@ -8,9 +8,10 @@ __all__ = ["AsyncTaskQueue", "EnvelopeReplies", "Subscriber", "find_subscriber"]
 import asyncio
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from ..._core.core import HandlingOptions, RetryPolicy, Subscription
+from ..._core.core import HandlingOptions, Subscription
 from ..._core.middleware import IncomingMessage
 from ..._exceptions import ConfigurationError, EncodingError
 from . import wire as _wire
@@ -98,7 +99,9 @@ class AsyncTaskQueue:
             return await comm._invoke(subscriber, comm.callback_comm,
                                       _wire.request_body(message.envelope))
 
-        policy = RetryPolicy(comm.options.task_max_attempts, comm.options.task_max_redeliveries)
+        # counts from the communicator's options, back-off from the connection's policy
+        policy = replace(comm.core.retry_policy, max_attempts=comm.options.task_max_attempts,
+                         max_redeliveries=comm.options.task_max_redeliveries)
         options = HandlingOptions(policy, envelope=True,
                                   replies=EnvelopeReplies(comm, self.name))
         subscription = await comm.core.consume(
