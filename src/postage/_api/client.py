@@ -19,6 +19,7 @@ from __future__ import annotations
 __all__ = ["AsyncClient", "Receiver"]
 
 import asyncio
+import datetime
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,6 +29,7 @@ from typing import Any, TypeAlias
 from .._core.core import Core, HandlingOptions, RetryPolicy, Subscription, open_core
 from .._core.middleware import IncomingMessage
 from .._exceptions import ConfigurationError, ConnectionClosed, EncodingError
+from .._wire.delays import resolve_delay
 from .._wire.properties import Properties
 
 log = logging.getLogger("postage.client")
@@ -168,16 +170,21 @@ class AsyncClient:
         self, exchange: str, routing_key: str, body: Body,
         properties: Properties | Mapping[str, Any] | None = None, *,
         mandatory: bool = True, timeout: float | None = None,
+        delay: float | None = None, not_before: datetime.datetime | None = None,
     ) -> None:
         """Publish ``body`` and wait for the broker's confirm.
 
         The exchange must exist (``NotFound`` otherwise) or be ``""`` (the default
         exchange). With ``mandatory`` (the default) a message that reaches no queue raises
         ``Unroutable``. ``properties`` is a :class:`~postage.Properties` or a dict of them.
+        ``delay`` (seconds) or ``not_before`` (a datetime): the message reaches the
+        exchange that much later; it is persistent and confirmed once stored on the
+        broker, and ``Unroutable`` cannot be known then (a message nobody receives when
+        its time comes goes to the queue ``postage.delay.unrouted``).
         """
         await self.core.publish(
             exchange, routing_key, to_bytes(body), Properties.coerce(properties),
-            mandatory=mandatory, timeout=timeout,
+            mandatory=mandatory, timeout=timeout, delay=resolve_delay(delay, not_before),
         )
 
     async def receive(

@@ -330,22 +330,22 @@ class Core:
     def call(
         self, exchange: str, routing_key: str, body: bytes,
         properties: Properties | None = None, *, timeout: float | None = None,
-        mandatory: bool = True,
+        mandatory: bool = True, delay: float | None = None,
     ) -> Coroutine[Any, Any, Delivery]:
         """Send a request and return the reply's delivery (see :meth:`RpcClient.call`)."""
         return self.rpc.call(exchange, routing_key, body, properties,
-                                   timeout=timeout, mandatory=mandatory)
+                             timeout=timeout, mandatory=mandatory, delay=delay)
 
     def request(
         self, exchange: str, routing_key: str, body: bytes,
         properties: Properties | None = None, *, timeout: float | None = None,
         mandatory: bool = True, transform: Callable[[Delivery], Any] | None = None,
-        expire: bool = True,
+        expire: bool = True, delay: float | None = None,
     ) -> Coroutine[Any, Any, asyncio.Future[Any]]:
         """Send a request; return a future of the reply (see :meth:`RpcClient.request`)."""
         return self.rpc.request(exchange, routing_key, body, properties,
                                 timeout=timeout, mandatory=mandatory, transform=transform,
-                                expire=expire)
+                                expire=expire, delay=delay)
 
     async def gather(
         self, exchange: str, routing_key: str, body: bytes,

@@ -157,7 +157,7 @@ class RpcClient:
     async def call(
         self, exchange: str, routing_key: str, body: bytes,
         properties: Properties | None = None, *, timeout: float | None = None,
-        mandatory: bool = True,
+        mandatory: bool = True, delay: float | None = None,
     ) -> Delivery:
         """Send a request and return the reply's delivery.
 
@@ -166,7 +166,8 @@ class RpcClient:
         RpcBacklogFull when too many calls are pending.
         """
         cid, future = await self._request(
-            exchange, routing_key, body, properties, timeout, mandatory, None, False
+            exchange, routing_key, body, properties, timeout, mandatory, None, False,
+            delay=delay,
         )
         try:
             reply: Delivery = await future
@@ -179,7 +180,7 @@ class RpcClient:
         self, exchange: str, routing_key: str, body: bytes,
         properties: Properties | None = None, *, timeout: float | None = None,
         mandatory: bool = True, transform: Callable[[Delivery], Any] | None = None,
-        expire: bool = True,
+        expire: bool = True, delay: float | None = None,
     ) -> asyncio.Future[Any]:
         """Send a request; once the broker has confirmed it, return a future of the reply.
 
@@ -191,17 +192,19 @@ class RpcClient:
         ``transform(reply)`` instead (or what it raised): an API decoding replies needs
         no second future chained to this one. ``expire=False``: the request stays queued
         after the caller stopped waiting (a task, whose work matters without its result).
+        ``delay``: the request reaches ``exchange`` that many seconds later (the deadline
+        counts from then; such a request does not expire).
         """
         _cid, future = await self._request(
             exchange, routing_key, body, properties, timeout, mandatory, transform, True,
-            expire,
+            expire, delay=delay,
         )
         return future
 
     async def _request(
         self, exchange: str, routing_key: str, body: bytes, properties: Properties | None,
         timeout: float | None, mandatory: bool, transform: Callable[[Delivery], Any] | None,
-        forget_on_cancel: bool, expire: bool = True,
+        forget_on_cancel: bool, expire: bool = True, *, delay: float | None = None,
     ) -> tuple[str, asyncio.Future[Any]]:
         if not self._replies_started:
             await self._start_replies()
@@ -220,7 +223,7 @@ class RpcClient:
         call.routing_key = routing_key
         call.timeout = timeout
         self._pending[cid] = call
-        self._add_deadline(loop, cid, call, loop.time() + timeout)
+        self._add_deadline(loop, cid, call, loop.time() + (delay or 0.0) + timeout)
         if forget_on_cancel:  # (call() forgets by itself: no callback at all)
             call.cid = cid
             call.pending = self._pending
@@ -228,7 +231,7 @@ class RpcClient:
         try:
             await self._core.publish(
                 exchange, routing_key, body, props, mandatory=mandatory, kind="request",
-                timeout=min(timeout, self._core.settings.publish_timeout))
+                timeout=min(timeout, self._core.settings.publish_timeout), delay=delay)
         except BaseException:
             self._forget(cid, call, future)
             future.cancel()

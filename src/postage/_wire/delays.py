@@ -24,8 +24,11 @@ __all__ = [
     "level_exchange",
     "level_pattern",
     "level_queue",
+    "resolve_delay",
     "target_pattern",
 ]
+
+import datetime
 
 from .._exceptions import ConfigurationError
 
@@ -81,3 +84,19 @@ def delay_key(delay: float, kind: str, name: str) -> str:
 def target_pattern(kind: str, name: str) -> str:
     """The binding key, on ``DELIVER``, of the queue or exchange ``name``."""
     return f"{_ANY_LEVELS}.{_target(kind, name)}"
+
+
+def resolve_delay(delay: float | None, not_before: datetime.datetime | None) -> float | None:
+    """Seconds to wait for ``delay=`` or ``not_before=`` (a datetime; a naive one is local
+    time, as ``datetime.now()`` gives); None for neither. A time in the past is 0."""
+    if not_before is None:
+        if delay is not None and not 0 <= delay <= MAX_DELAY:
+            raise ConfigurationError(
+                f"a delay must be between 0 and {MAX_DELAY:.0f} s, not {delay!r}")
+        return delay
+    if delay is not None:
+        raise ConfigurationError("give delay= or not_before=, not both")
+    if not isinstance(not_before, datetime.datetime):
+        raise ConfigurationError(f"not_before must be a datetime, not {not_before!r}")
+    now = datetime.datetime.now(not_before.tzinfo)
+    return max(0.0, (not_before - now).total_seconds())

@@ -16,6 +16,10 @@ the list of every reply that arrives within ``_timeout`` seconds (default ``rpc_
 stopping early after ``_max_replies``; each is a result Message whose ``body['fingerprint']``
 tells who answered; an empty list when nobody answered or no queue receives the request.
 
+``_delay=S`` (seconds) or ``_not_before=DATETIME`` on ``message_X``/``rpc_X`` sends the
+message that much later (it waits on the broker, persistent; an RPC's deadline counts from
+then, and its later tries go at once).
+
 ``pipeline = N`` (a class attribute, default 0) is an explicit opt-in for fast one-way
 sending: ``message_X``/``message``/``forward`` then return as soon as the message is handed
 to the event loop, with at most N messages awaiting the broker's confirm (the next send
@@ -52,6 +56,7 @@ from ..._exceptions import (
     RpcTimeout,
     Unroutable,
 )
+from ..._wire.delays import resolve_delay
 from ..._wire.encoding import Encoder, JsonEncoder
 from ..._wire.envelope import decode_envelope
 from ..._wire.fingerprint import Fingerprint
@@ -154,7 +159,8 @@ class GenericProducer:
         message.fingerprint(**self.fingerprint)
         return self.encoder.encode(message.body)
 
-    def _publish(self, eks: list[EK], body: bytes, what: str) -> None:
+    def _publish(self, eks: list[EK], body: bytes, what: str,
+                 delay: float | None = None) -> None:
         props = self._properties(delivery_mode=PERSISTENT if self.persistent else None)
         targets = [(exchange.name, key) for exchange, key in eks]
         if self.pipeline:
@@ -162,17 +168,17 @@ class GenericProducer:
                 self._pipeline = SendWindow(_runtime.portal(), self.pipeline,
                                             self.publish_timeout)
             log.debug("--> %s: %s to %s (pipelined)", type(self).__name__, what, targets)
-            self._pipeline.submit(self._publish_to, (targets, body, props))
+            self._pipeline.submit(self._publish_to, (targets, body, props, delay))
             return
         log.debug("--> %s: %s to %s", type(self).__name__, what, targets)
-        _runtime.portal().call(self._publish_to, targets, body, props,
+        _runtime.portal().call(self._publish_to, targets, body, props, delay,
                                timeout=self.publish_timeout * len(targets) + 5)
 
     async def _publish_to(self, targets: list[tuple[str, str]], body: bytes,
-                          props: Properties) -> None:
+                          props: Properties, delay: float | None = None) -> None:
         for exchange, key in targets:
             await self._core.publish(exchange, key, body, props, mandatory=self.mandatory,
-                                     timeout=self.publish_timeout)
+                                     timeout=self.publish_timeout, delay=delay)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every pipelined message is confirmed (at most ``timeout`` s, default
@@ -189,8 +195,9 @@ class GenericProducer:
 
     def _message_send(self, build: Callable[..., Message], *args: Any, **kwds: Any) -> None:
         eks = self._get_eks(kwds)
+        delay = _pop_delay(kwds)
         message = build(*args, **kwds)
-        self._publish(eks, self._stamp(message), message.body.get("name", ""))
+        self._publish(eks, self._stamp(message), message.body.get("name", ""), delay)
 
     def _rpc_send(self, build: Callable[..., Message], *args: Any, **kwds: Any) -> Any:
         if self._pipeline is not None:
@@ -199,21 +206,24 @@ class GenericProducer:
         timeout = float(kwds.pop("_timeout", self.rpc_timeout))
         max_retry = int(kwds.pop("_max_retry", self.max_retry))
         queue_only = bool(kwds.pop("_queue_only", False))
+        delay = _pop_delay(kwds)
         message = build(*args, **kwds)
         body = self._stamp(message)
         exchange, key = eks[0]
         if queue_only:
             return _runtime.portal().call(
-                functools.partial(self._rpc_to_queue, exchange.name, key, body),
+                functools.partial(self._rpc_to_queue, exchange.name, key, body, delay),
                 timeout=self.publish_timeout + 5)
-        total = (max_retry + 1) * (timeout + self.publish_timeout) + 5
+        total = (max_retry + 1) * (timeout + self.publish_timeout) + (delay or 0) + 5
         result: Message = _runtime.portal().call(
-            functools.partial(self._rpc_async, exchange.name, key, body, timeout, max_retry),
+            functools.partial(self._rpc_async, exchange.name, key, body, timeout, max_retry,
+                              delay),
             timeout=total)
         return result
 
     async def _rpc_async(
-        self, exchange: str, key: str, body: bytes, timeout: float, max_retry: int
+        self, exchange: str, key: str, body: bytes, timeout: float, max_retry: int,
+        delay: float | None = None,
     ) -> Message:
         attempt = 0
         while True:
@@ -223,7 +233,7 @@ class GenericProducer:
             try:
                 reply = await self._core.call(
                     exchange, key, body, self._properties(), timeout=timeout,
-                    mandatory=self.mandatory)
+                    mandatory=self.mandatory, delay=delay if attempt == 1 else None)
             except RpcTimeout as exc:
                 if attempt <= max_retry:
                     continue
@@ -269,13 +279,14 @@ class GenericProducer:
             return MessageResultError(f"Malformed reply: not a result ({envelope['type']!r})")
         return message_from_body(envelope)
 
-    async def _rpc_to_queue(self, exchange: str, key: str, body: bytes) -> str:
+    async def _rpc_to_queue(self, exchange: str, key: str, body: bytes,
+                            delay: float | None = None) -> str:
         queue = f"postage.classic.reply.{uuid.uuid4().hex}"
         await self._core.declare_queue(queue, exclusive=True, auto_delete=True)
         props = self._properties(reply_to=queue,
                                  correlation_id=self._core.new_correlation_id())
         await self._core.publish(exchange, key, body, props, mandatory=self.mandatory,
-                                 timeout=self.publish_timeout)
+                                 timeout=self.publish_timeout, delay=delay)
         return queue
 
     def consume_rpc(self, queue: str, timeout: float | None = None) -> Message:
@@ -360,6 +371,11 @@ class GenericProducer:
                         names.add(f"rpc_queue_{attr[len(prefix):]}")
                         names.add(f"gather_{attr[len(prefix):]}")
         return sorted(names)
+
+
+def _pop_delay(kwds: dict[str, Any]) -> float | None:
+    """The ``_delay`` (seconds) or ``_not_before`` (a datetime) of a call, taken out."""
+    return resolve_delay(kwds.pop("_delay", None), kwds.pop("_not_before", None))
 
 
 def default_parameters(args: tuple[Any, ...], kwds: dict[str, Any]) -> Any:

@@ -24,6 +24,7 @@ __all__ = ["AsyncCommunicator", "AsyncTaskQueue", "CommunicatorOptions", "open_c
 import asyncio
 import concurrent.futures
 import contextlib
+import datetime
 import inspect
 import logging
 import signal
@@ -41,6 +42,7 @@ from ..._exceptions import (
     Unroutable,
 )
 from ..._transport import Delivery
+from ..._wire.delays import resolve_delay
 from ..._wire.fingerprint import Fingerprint
 from ..._wire.properties import PERSISTENT
 from ..gather import GatherReply, gather_replies
@@ -216,9 +218,11 @@ class AsyncCommunicator:
             self._default_queue = await self.task_queue(self.options.task_queue)
         return self._default_queue
 
-    async def task_send(self, task: Any, no_reply: bool = False) -> asyncio.Future[Any] | None:
+    async def task_send(self, task: Any, no_reply: bool = False, delay: float | None = None,
+                        not_before: datetime.datetime | None = None,
+                        ) -> asyncio.Future[Any] | None:
         """Send ``task`` to the default task queue (see :meth:`AsyncTaskQueue.task_send`)."""
-        return await (await self._default()).task_send(task, no_reply)
+        return await (await self._default()).task_send(task, no_reply, delay, not_before)
 
     async def add_task_subscriber(self, subscriber: Subscriber,
                                   identifier: str | None = None) -> str:
@@ -229,7 +233,8 @@ class AsyncCommunicator:
         """Remove a subscriber of the default task queue."""
         await (await self._default()).remove_task_subscriber(identifier)
 
-    async def _send_task(self, queue: str, task: Any, no_reply: bool) -> asyncio.Future[Any] | None:
+    async def _send_task(self, queue: str, task: Any, no_reply: bool,
+                         delay: float | None = None) -> asyncio.Future[Any] | None:
         self._check_open()
         await self._declare_exchanges()
         envelope = _wire.request_envelope(_wire.TASK_TYPE, queue, task, reply=not no_reply,
@@ -239,13 +244,14 @@ class AsyncCommunicator:
         exchange = self.options.task_exchange
         if no_reply:
             # the connection's publish_timeout bounds the wait for the confirm
-            await self.core.publish(exchange, queue, body, props, mandatory=True)
+            await self.core.publish(exchange, queue, body, props, mandatory=True, delay=delay)
             return None
         timeout = self.options.task_timeout
         # no expiration: the task is worth doing even when nobody waits for its result
         reply = await self.core.request(exchange, queue, body, props,
                                         timeout=NO_DEADLINE if timeout is None else timeout,
-                                        transform=self._result_value, expire=False)
+                                        transform=self._result_value, expire=False,
+                                        delay=delay)
         return self._track(reply)
 
     # -- RPC --------------------------------------------------------------------------
@@ -365,9 +371,12 @@ class AsyncCommunicator:
     # -- broadcasts -------------------------------------------------------------------
 
     async def broadcast_send(self, body: Any, sender: Any = None, subject: Any = None,
-                             correlation_id: Any = None) -> bool:
+                             correlation_id: Any = None, delay: float | None = None,
+                             not_before: datetime.datetime | None = None) -> bool:
         """Send a broadcast to every broadcast subscriber (none is fine); True once the
-        broker has accepted it."""
+        broker has accepted it. ``delay`` (seconds) or ``not_before`` (a datetime): it
+        reaches the subscribers that much later."""
+        wait = resolve_delay(delay, not_before)
         self._check_open()
         await self._declare_exchanges()
         envelope = _wire.broadcast_envelope(body, sender, subject, correlation_id,
@@ -376,7 +385,7 @@ class AsyncCommunicator:
             correlation_id=None if correlation_id is None else str(correlation_id))
         await self.core.publish(
             self.options.broadcast_exchange, subject if isinstance(subject, str) else "",
-            self.core.encode(envelope), props, mandatory=False,
+            self.core.encode(envelope), props, mandatory=False, delay=wait,
         )
         return True
 

@@ -12,6 +12,7 @@ __all__ = ["Communicator", "TaskQueue", "connect"]
 import asyncio
 import concurrent.futures
 import contextlib
+import datetime
 import functools
 import logging
 import signal
@@ -159,10 +160,14 @@ class TaskQueue(_Facade):
     def name(self) -> str:
         return self._aio.name
 
-    def task_send(self, task: Any, no_reply: bool = False) -> concurrent.futures.Future[Any] | None:
+    def task_send(self, task: Any, no_reply: bool = False, *, delay: float | None = None,
+                  not_before: datetime.datetime | None = None,
+                  ) -> concurrent.futures.Future[Any] | None:
         """Queue ``task``; a future of its result (None with ``no_reply``) once confirmed
-        (at once with a send window)."""
-        return self._send(self._aio.task_send, task, no_reply, no_reply=no_reply)
+        (at once with a send window). ``delay`` (seconds) or ``not_before`` (a datetime):
+        the task reaches the queue that much later."""
+        return self._send(self._aio.task_send, task, no_reply, delay, not_before,
+                          no_reply=no_reply)
 
     def add_task_subscriber(self, subscriber: Subscriber, identifier: str | None = None) -> str:
         """Consume this queue with ``subscriber(comm, body)``; return its identifier."""
@@ -283,9 +288,12 @@ class Communicator(_Facade):
         queue = self._call(self._aio.task_queue, name, prefetch_count)
         return TaskQueue(queue, self._portal, self._timeout, self._window)
 
-    def task_send(self, task: Any, no_reply: bool = False) -> concurrent.futures.Future[Any] | None:
-        """Send ``task`` to the default task queue."""
-        return self._send(self._aio.task_send, task, no_reply, no_reply=no_reply)
+    def task_send(self, task: Any, no_reply: bool = False, *, delay: float | None = None,
+                  not_before: datetime.datetime | None = None,
+                  ) -> concurrent.futures.Future[Any] | None:
+        """Send ``task`` to the default task queue (``delay``/``not_before``: later)."""
+        return self._send(self._aio.task_send, task, no_reply, delay, not_before,
+                          no_reply=no_reply)
 
     def add_task_subscriber(self, subscriber: Subscriber, identifier: str | None = None) -> str:
         """Subscribe to the default task queue."""
@@ -335,9 +343,12 @@ class Communicator(_Facade):
 
     # broadcasts
     def broadcast_send(self, body: Any, sender: Any = None, subject: Any = None,
-                       correlation_id: Any = None) -> bool:
-        """Send a broadcast; True once the broker has accepted it."""
-        return self._call(self._aio.broadcast_send, body, sender, subject, correlation_id)
+                       correlation_id: Any = None, *, delay: float | None = None,
+                       not_before: datetime.datetime | None = None) -> bool:
+        """Send a broadcast; True once the broker has accepted it (``delay`` seconds or
+        ``not_before`` a datetime: it reaches the subscribers that much later)."""
+        return self._call(self._aio.broadcast_send, body, sender, subject, correlation_id,
+                          delay, not_before)
 
     def add_broadcast_subscriber(self, subscriber: Subscriber | BroadcastFilter,
                                  identifier: str | None = None) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 __all__ = ["AsyncTaskQueue", "EnvelopeReplies", "Subscriber", "find_subscriber"]
 
 import asyncio
+import datetime
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..._core.core import HandlingOptions, Subscription
 from ..._core.middleware import IncomingMessage
 from ..._exceptions import ConfigurationError, EncodingError
+from ..._wire.delays import resolve_delay
 from . import wire as _wire
 
 if TYPE_CHECKING:
@@ -66,10 +68,15 @@ class AsyncTaskQueue:
             await core.declare_queue(self.name, durable=True)
         await core.bind(self.name, opts.task_exchange, self.name)
 
-    async def task_send(self, task: Any, no_reply: bool = False) -> asyncio.Future[Any] | None:
+    async def task_send(self, task: Any, no_reply: bool = False, delay: float | None = None,
+                        not_before: datetime.datetime | None = None,
+                        ) -> asyncio.Future[Any] | None:
         """Queue ``task`` (persistent, mandatory) and return a future of its result once
-        the broker has confirmed it; with ``no_reply``, return None after the confirm."""
-        return await self._comm._send_task(self.name, task, no_reply)
+        the broker has confirmed it; with ``no_reply``, return None after the confirm.
+        ``delay`` (seconds) or ``not_before`` (a datetime): the task reaches the queue
+        that much later (confirmed now, once stored on the broker)."""
+        return await self._comm._send_task(self.name, task, no_reply,
+                                           resolve_delay(delay, not_before))
 
     async def wait_for_subscriber(self, timeout: float = 30.0) -> None:
         """Return once a task subscriber (in any process) consumes this queue;
