@@ -26,6 +26,7 @@ from .._wire.delays import (
     level_pattern,
     level_queue,
     target_pattern,
+    ticks,
 )
 from .._wire.properties import PERSISTENT, Binding, ExchangeSpec, Properties, QueueSpec
 from .inbound import HEADER_EXCHANGE, HEADER_ROUTING_KEY
@@ -33,7 +34,7 @@ from .inbound import HEADER_EXCHANGE, HEADER_ROUTING_KEY
 if TYPE_CHECKING:
     from .._transport import Transport
 
-HEADER_DELAY = "x-postage-delay"
+HEADER_DELAY = "x-postage-delay-ms"
 UNROUTED = "postage.delay.unrouted"
 # headers a trip through the levels leaves on a message: dropped before another trip
 _TRIP_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue",
@@ -51,8 +52,12 @@ class Delays:
 
     @staticmethod
     def wanted(delay: float | None) -> bool:
-        """True when ``delay`` (seconds) is long enough to take the delay path."""
-        return delay is not None and delay >= UNIT / 2
+        """True when ``delay`` (seconds) is long enough to take the delay path;
+        ConfigurationError when it is not a delay at all."""
+        if delay is None:
+            return False
+        ticks(delay)  # refuses a negative or too long one
+        return delay >= UNIT / 2
 
     async def publish(
         self, delay: float, exchange: str, routing_key: str, body: bytes,
@@ -69,7 +74,7 @@ class Delays:
         headers = {k: v for k, v in (props.headers or {}).items() if k not in _TRIP_HEADERS}
         headers.setdefault(HEADER_EXCHANGE, exchange)
         headers.setdefault(HEADER_ROUTING_KEY, routing_key)
-        headers[HEADER_DELAY] = round(delay, 3)
+        headers[HEADER_DELAY] = round(delay * 1000)
         if exchange:
             headers["CC"] = [routing_key]  # the target's own key, kept through the trip
         # persistent, so that it survives a broker restart in the durable level queues;

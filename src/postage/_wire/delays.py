@@ -26,6 +26,7 @@ __all__ = [
     "level_queue",
     "resolve_delay",
     "target_pattern",
+    "ticks",
 ]
 
 import datetime

@@ -321,17 +321,18 @@ class Routing(BrokerState):
             found.update((k, self._queues[k]) for k in keys if k in self._queues)
             return
         seen.add(x.spec.name)
-        before = len(found)
+        matched = False  # as in RabbitMQ: a binding to an exchange counts, whatever follows
         for b in list(x.bindings):
             if not _matches(x.spec.type, b, keys, headers):
                 continue
+            matched = True
             if not b.to_exchange:
                 if b.queue in self._queues:
                     found.setdefault(b.queue, self._queues[b.queue])
             elif b.queue in self._exchanges and b.queue not in seen:
                 self._route_into(self._exchanges[b.queue], keys, headers, found, seen)
         alternate = dict(x.spec.arguments).get("alternate-exchange")
-        if len(found) == before and alternate and str(alternate) not in seen:
+        if not matched and alternate and str(alternate) not in seen:
             ax = self._exchanges.get(str(alternate))
             if ax is not None:
                 self._route_into(ax, keys, headers, found, seen)
