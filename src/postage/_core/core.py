@@ -33,7 +33,7 @@ from .._exceptions import (
     at_call_site,
 )
 from .._settings import ConnectionSettings
-from .._transport import Delivery, Transport, transport_for
+from .._transport import Consumer, Delivery, Transport, transport_for
 from .._wire.encoding import Encoder, check_encoder, default_encoder
 from .._wire.envelope import DEFAULT_MAX_SIZE, decode_envelope
 from .._wire.properties import (
@@ -217,6 +217,22 @@ class Core:
 
     async def delete_queue(self, name: str, *, timeout: float = 30.0) -> None:
         await self.transport.delete_queue(name, timeout=timeout)
+
+    async def purge_queue(self, name: str, *, timeout: float = 30.0) -> None:
+        await self.transport.purge_queue(name, timeout=timeout)
+
+    async def consume_raw(self, queue: str, callback: DeliveryHandler, *,
+                          prefetch_count: int = 0) -> Consumer:
+        """Consume ``queue`` outside the pipeline: ``callback`` settles each delivery
+        itself (tools that move messages, such as a dead-letter replay)."""
+        return await self.transport.consume(queue, callback, prefetch_count=prefetch_count)
+
+    async def resend(self, exchange: str, routing_key: str, body: bytes,
+                     properties: Properties | None, *, timeout: float | None = None) -> None:
+        """Publish a message again, confirmed and mandatory, not through the middleware
+        (it is not a new message)."""
+        await self.transport.publish(exchange, routing_key, body, properties, mandatory=True,
+                                     timeout=timeout)
 
     async def queue_state(self, name: str, *, timeout: float = 30.0) -> tuple[int, int]:
         """(messages ready, consumers) of an existing queue; NotFound otherwise."""

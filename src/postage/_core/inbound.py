@@ -78,6 +78,7 @@ HEADER_EXCHANGE = "x-postage-exchange"
 HEADER_ROUTING_KEY = "x-postage-routing-key"
 HEADER_FIRST_FAILED = "x-postage-first-failed"
 HEADER_LAST_FAILED = "x-postage-last-failed"
+HEADER_DEAD_LETTERED = "x-postage-dead-lettered"
 MAX_ERROR = 1000
 
 Handler = Callable[[IncomingMessage], Awaitable[Any]]
@@ -401,9 +402,13 @@ def dead_letter_headers(
     delivery: Delivery, queue: str, reason: str, error: str, *, exchange: str,
     routing_key: str, attempts: int | None,
 ) -> dict[str, Any]:
-    """The headers of a dead letter: the message's own plus why and where from."""
+    """The headers of a dead letter: the message's own plus why, where from and when."""
     headers = resend_headers(delivery)
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    headers.setdefault(HEADER_FIRST_FAILED, now)
     headers.update({
+        HEADER_LAST_FAILED: now,
+        HEADER_DEAD_LETTERED: now,
         HEADER_REASON: reason,
         HEADER_ERROR: error[:MAX_ERROR],
         HEADER_QUEUE: queue,
