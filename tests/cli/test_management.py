@@ -58,3 +58,21 @@ def test_monitor_reads_queues_from_the_management_api(management_node: LocalNode
         assert rows["mgmt.orders"][2] == "0"  # no consumer
     finally:
         connection.close()
+
+
+def test_dlq_list_finds_dead_letter_queues_through_the_management_api(
+        management_node: LocalNode) -> None:
+    url = management_node.url
+    api = f"http://127.0.0.1:{management_node.management_port}"
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.queue_declare("mgmt.jobs.dlq", durable=True)
+        channel.queue_declare("mgmt.jobs", durable=True)  # not a dead-letter queue
+        channel.basic_publish("", "mgmt.jobs.dlq", b"x")
+        result = run_cli(url, "dlq", "list", "--management-url", api)
+        assert result.returncode == 0, result
+        rows = [line.split() for line in result.stdout.splitlines()[1:]]
+        assert [row[:2] for row in rows] == [["mgmt.jobs.dlq", "1"]]
+    finally:
+        connection.close()

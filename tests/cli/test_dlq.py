@@ -1,0 +1,78 @@
+"""``postage dlq``: list, show, replay and purge a real dead-letter queue, as text and JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+
+import pika
+
+from postage import RetryPolicy
+from postage._core.core import HandlingOptions, open_core
+from postage._core.middleware import IncomingMessage
+
+from .conftest import run_cli
+
+
+async def _fill(url: str, queue: str, count: int) -> None:
+    core = await open_core(url)
+    try:
+        await core.declare_queue(queue, durable=True)
+
+        async def failing(message: IncomingMessage) -> None:
+            raise ValueError(f"bad order {json.loads(message.delivery.body)['order']}")
+
+        sub = await core.consume(queue, failing, HandlingOptions(RetryPolicy(max_attempts=1)))
+        for order in range(1, count + 1):
+            await core.publish("", queue, json.dumps({"order": order}).encode())
+        async with asyncio.timeout(10):
+            while (await core.queue_state(f"{queue}.dlq"))[0] < count:
+                await asyncio.sleep(0.02)
+        await sub.cancel()
+    finally:
+        await core.close(2)
+
+
+def test_dlq_commands(vhost_url: str, names: Callable[[str], str]) -> None:
+    queue = names("dlq-jobs")
+    dead = f"{queue}.dlq"
+    asyncio.run(_fill(vhost_url, queue, 3))
+
+    listed = run_cli(vhost_url, "dlq", "list", dead)
+    assert listed.returncode == 0, listed
+    [header, row] = listed.stdout.splitlines()
+    assert header.split() == ["QUEUE", "MESSAGES", "OLDEST"]
+    assert row.split()[:2] == [dead, "3"] and row.split()[2].endswith("s")
+    as_json = json.loads(run_cli(vhost_url, "dlq", "list", dead, "--json").stdout)
+    assert as_json[0]["queue"] == dead and as_json[0]["messages"] == 3
+
+    shown = run_cli(vhost_url, "dlq", "show", dead, "-n", "2")
+    assert shown.returncode == 0, shown
+    assert shown.stdout.startswith(f"{dead}: 3 messages, the first 2:")
+    assert "reason: handler-failed   attempts: 1" in shown.stdout
+    assert "error: ValueError: bad order 1" in shown.stdout
+    assert f"from: queue {queue!r}, sent to exchange '' with key {queue!r}" in shown.stdout
+    assert 'body: {"order": 2}' in shown.stdout and "order\": 3" not in shown.stdout
+    detail = json.loads(run_cli(vhost_url, "dlq", "show", dead, "--json").stdout)
+    assert [s["body"] for s in detail["shown"]] == [
+        '{"order": 1}', '{"order": 2}', '{"order": 3}']
+    assert detail["shown"][0]["headers"]["x-postage-reason"] == "handler-failed"
+
+    replayed = run_cli(vhost_url, "dlq", "replay", dead, "--where", "error~order 2")
+    assert (replayed.returncode, replayed.stdout) == (
+        0, f"{dead}: replayed 1, kept 2\n"), replayed
+    connection = pika.BlockingConnection(pika.URLParameters(vhost_url))
+    try:
+        _method, props, body = connection.channel().basic_get(queue, auto_ack=True)
+        assert body == b'{"order": 2}' and props.headers == {"x-postage-replays": 1}
+    finally:
+        connection.close()
+
+    bad = run_cli(vhost_url, "dlq", "replay", dead, "--where", "os.system('x')")
+    assert bad.returncode == 2 and "cannot read the condition" in bad.stderr
+
+    purged = json.loads(run_cli(vhost_url, "dlq", "purge", dead, "--json").stdout)
+    assert purged == {"queue": dead, "purged": 2}
+    missing = run_cli(vhost_url, "dlq", "list")  # no names and no management API
+    assert missing.returncode == 2 and "AMQP cannot list queues" in missing.stderr
