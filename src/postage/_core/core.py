@@ -387,6 +387,8 @@ class Core:
             # exists from the start, for operators to watch (others are declared when a
             # first message goes there: temporary queues leave no dead-letter queue behind)
             await self.outbound.ensure_dlq(sub.dead_letter_queue)
+            if sub.policy.delay > 0:
+                await self.outbound.delays.prepare(queue)
         sub.consumer = await self.transport.consume(
             queue, sub.on_delivery, prefetch_count=prefetch_count, exclusive=exclusive,
             no_ack=no_ack,

@@ -83,6 +83,12 @@ class Delays:
         await self.transport.publish(ENTRY, key, body, props, mandatory=mandatory,
                                      timeout=timeout)
 
+    async def prepare(self, queue: str) -> None:
+        """Declare the delay queues and the route back to ``queue`` now (a consumer that
+        retries with back-off), so that its first retry waits no longer than it should."""
+        await self._declare()
+        await self._bind_target("q", queue)
+
     async def _declare(self) -> None:
         if not self._declared:
             async with self._lock:
