@@ -72,7 +72,7 @@ async def test_replay_sends_back_only_what_where_accepts(core: Core, names: Name
 
 
 async def test_a_message_whose_target_is_gone_is_kept(core: Core, names: Names) -> None:
-    exchange, queue, dead = await _dead_letters(core, names, 2)
+    _exchange, queue, dead = await _dead_letters(core, names, 2)
     await core.transport.delete_queue(queue)  # the exchange routes nowhere now
     report = await dlq.replay(core, dead)
     assert report.replayed == 0 and len(report.failed) == 2

@@ -197,3 +197,44 @@ async def _reply_address(core: Core) -> str:
         "amq.rabbitmq.reply-to.")
     seen.append(request.reply_to)
     return seen[0]
+
+
+async def test_alternate_exchange_only_when_no_binding_matches(core: Core,
+                                                               names: Names) -> None:
+    alternate, first, second = names.exchange("ae"), names.exchange(), names.exchange()
+    await core.declare_exchange(alternate, "fanout")
+    caught = await queue_with(core, names, alternate, "")
+    await core.transport.declare_exchange(ExchangeSpec.make(
+        first, "topic", arguments={"alternate-exchange": alternate}))
+    await core.declare_exchange(second, "direct")  # binds no queue
+    await core.transport.bind(Binding(second, first, "to-second.#", to_exchange=True))
+    # a binding to an exchange matched: that counts as routed, even though it ends nowhere
+    await core.publish(first, "to-second.a", b"through", mandatory=False)
+    await core.publish(first, "elsewhere", b"caught", mandatory=False)  # no binding matched
+    inbox = Inbox()
+    await core.transport.consume(caught, inbox, no_ack=True)
+    assert [d.body for d in await inbox.wait(1)] == [b"caught"]
+    await asyncio.sleep(0.2)
+    assert len(inbox.items) == 1
+
+
+async def test_a_message_expires_only_at_the_head_of_its_queue(core: Core,
+                                                               names: Names) -> None:
+    dead = await queue_with(core, names)
+    queue = await queue_with(core, names, arguments={"x-dead-letter-exchange": "",
+                                                     "x-dead-letter-routing-key": dead})
+    await core.publish("", queue, b"long", Properties(expiration="60000"))
+    await core.publish("", queue, b"short", Properties(expiration="50"))
+    await asyncio.sleep(0.3)
+    assert await ready(core, dead) == 0  # expired, but behind a message that is not
+    inbox = Inbox()
+    await core.transport.consume(queue, inbox, no_ack=True)
+    assert [d.body for d in await inbox.wait(1)] == [b"long"]
+    letters = Inbox()
+    await core.transport.consume(dead, letters, no_ack=True)
+    [letter] = await letters.wait(1)
+    assert letter.body == b"short" and letter.properties.expiration is None
+    [death] = letter.headers["x-death"]
+    assert (death["reason"], death["original-expiration"]) == ("expired", "50")
+    await asyncio.sleep(0.1)
+    assert len(inbox.items) == 1

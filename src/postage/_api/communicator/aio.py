@@ -48,6 +48,7 @@ from ..._wire.properties import PERSISTENT
 from ..gather import GatherReply, gather_replies
 from ..presence import PresenceAnnouncer
 from . import wire as _wire
+from .broadcasts import BroadcastReceiver
 from .filters import BroadcastFilter
 from .options import CommunicatorOptions
 from .tasks import AsyncTaskQueue, EnvelopeReplies, Subscriber, find_subscriber
@@ -84,11 +85,7 @@ class AsyncCommunicator:
         self._declare_lock = asyncio.Lock()
         self._default_queue: AsyncTaskQueue | None = None
         self._rpc: dict[str, tuple[Subscriber, Subscription, str]] = {}
-        self._broadcast_subscribers: dict[str, Subscriber] = {}
-        self._broadcast_queue: str | None = None
-        self._broadcast_consumer: Subscription | None = None
-        self._broadcast_lock = asyncio.Lock()
-        self._broadcast_order = asyncio.Lock()
+        self._broadcasts = BroadcastReceiver(self)
         self._task_queues: list[AsyncTaskQueue] = []
         self._outstanding: set[asyncio.Future[Any]] = set()
         self._forget_outstanding = self._outstanding.discard  # one bound method for all
@@ -131,8 +128,8 @@ class AsyncCommunicator:
             cancels += [sub.cancel(timeout) for _, sub in queue._subscribers.values()]
             queue._subscribers.clear()
         cancels += [sub.cancel(timeout) for _, sub, _ in self._rpc.values()]
-        if self._broadcast_consumer is not None:
-            cancels.append(self._broadcast_consumer.cancel(timeout))
+        if self._broadcasts.consumer is not None:
+            cancels.append(self._broadcasts.consumer.cancel(timeout))
         await asyncio.gather(*cancels, return_exceptions=True)
         if self._owns_core:
             await self.core.close(max(0.5, deadline - loop.time()))
@@ -393,79 +390,12 @@ class AsyncCommunicator:
                                        identifier: str | None = None) -> str:
         """Receive broadcasts with ``subscriber(comm, body, sender, subject, msg_id)`` or a
         :class:`BroadcastFilter`; return the identifier."""
-        if not callable(subscriber):
-            raise TypeError("a broadcast subscriber must be callable")
         self._check_open()
-        identifier = identifier or uuid.uuid4().hex
-        async with self._broadcast_lock:
-            if identifier in self._broadcast_subscribers:
-                raise ConfigurationError(f"broadcast subscriber {identifier!r} already exists")
-            if self._broadcast_consumer is None:
-                await self._start_broadcasts()
-            self._broadcast_subscribers[identifier] = subscriber
-        return identifier
+        return await self._broadcasts.add(subscriber, identifier)
 
     async def remove_broadcast_subscriber(self, identifier: str | Subscriber) -> None:
         """Stop delivering broadcasts to a subscriber (by identifier or the callback)."""
-        async with self._broadcast_lock:
-            key = find_subscriber(self._broadcast_subscribers, identifier, lambda entry: entry)
-            del self._broadcast_subscribers[key]
-            if not self._broadcast_subscribers:
-                await self._stop_broadcasts()
-
-    async def _start_broadcasts(self) -> None:
-        await self._declare_exchanges()
-        queue = f"{self.options.broadcast_exchange}.{uuid.uuid4().hex}"
-        core = self.core
-        await core.declare_queue(queue, exclusive=True, auto_delete=True)
-        await core.bind(queue, self.options.broadcast_exchange, "#")
-        # Broadcasts are not retried: the queue is this communicator's own and temporary;
-        # a failing subscriber is logged and the others still get it. An undecodable one
-        # goes to one durable ``<broadcast exchange>.dlq`` (a DLQ per communicator would
-        # outlive its queue forever) and reaches no subscriber.
-        options = HandlingOptions(errors="log", envelope=True,
-                                  dead_letter_queue=f"{self.options.broadcast_exchange}.dlq")
-        self._broadcast_consumer = await core.consume(
-            queue, self._handle_broadcast, options,
-            prefetch_count=self.options.broadcast_prefetch_count)
-        self._broadcast_queue = queue
-
-    async def _stop_broadcasts(self) -> None:
-        consumer, queue = self._broadcast_consumer, self._broadcast_queue
-        self._broadcast_consumer = self._broadcast_queue = None
-        if consumer is not None:
-            await consumer.cancel(self.options.close_timeout)
-        if queue is not None:
-            with contextlib.suppress(PostageError):
-                await self.core.delete_queue(queue)
-
-    async def _handle_broadcast(self, message: IncomingMessage) -> None:
-        # One broadcast at a time (the lock is fair), so subscribers see them in order.
-        assert message.envelope is not None
-        body, sender, subject, msg_id = _wire.parse_broadcast(
-            message.envelope, message.delivery.correlation_id)
-        async with self._broadcast_order:
-            calls = []
-            for identifier, subscriber in list(self._broadcast_subscribers.items()):
-                target = subscriber
-                if isinstance(subscriber, BroadcastFilter):
-                    try:
-                        if subscriber.is_filtered(sender, subject):
-                            continue
-                    except Exception:  # a filter value whose == fails on odd input
-                        log.exception("broadcast filter of %r failed; skipped", identifier)
-                        continue
-                    target = subscriber.subscriber
-                calls.append(self._run_broadcast(identifier, target, body, sender, subject,
-                                                 msg_id))
-            if calls:
-                await asyncio.gather(*calls)
-
-    async def _run_broadcast(self, identifier: str, subscriber: Subscriber, *args: Any) -> None:
-        try:
-            await self._invoke(subscriber, self.callback_comm, *args)
-        except Exception:
-            log.exception("broadcast subscriber %r raised", identifier)
+        await self._broadcasts.remove(identifier)
 
     # -- shared helpers ---------------------------------------------------------------
 

@@ -146,8 +146,34 @@ class _Facade:
         return out
 
 
-class TaskQueue(_Facade):
+class _TaskVerbs(_Facade):
+    """The task verbs of a queue: a :class:`TaskQueue`, or a :class:`Communicator` (its
+    default task queue)."""
+
+    _aio: AsyncTaskQueue | AsyncCommunicator
+
+    def task_send(self, task: Any, no_reply: bool = False, *, delay: float | None = None,
+                  not_before: datetime.datetime | None = None,
+                  ) -> concurrent.futures.Future[Any] | None:
+        """Queue ``task``; a future of its result (None with ``no_reply``) once confirmed
+        (at once with a send window). ``delay`` (seconds) or ``not_before`` (a datetime):
+        the task reaches the queue that much later."""
+        return self._send(self._aio.task_send, task, no_reply, delay, not_before,
+                          no_reply=no_reply)
+
+    def add_task_subscriber(self, subscriber: Subscriber, identifier: str | None = None) -> str:
+        """Consume the queue with ``subscriber(comm, body)``; return its identifier."""
+        return self._call(self._aio.add_task_subscriber, subscriber, identifier)
+
+    def remove_task_subscriber(self, identifier: str | Subscriber) -> None:
+        """Stop a subscriber of the queue (by identifier or the callback itself)."""
+        self._call(self._aio.remove_task_subscriber, identifier)
+
+
+class TaskQueue(_TaskVerbs):
     """A durable task queue of a blocking :class:`Communicator`."""
+
+    _aio: AsyncTaskQueue
 
     def __init__(self, queue: AsyncTaskQueue, portal: BlockingPortal, timeout: float,
                  window: SendWindow | None = None) -> None:
@@ -160,22 +186,6 @@ class TaskQueue(_Facade):
     def name(self) -> str:
         return self._aio.name
 
-    def task_send(self, task: Any, no_reply: bool = False, *, delay: float | None = None,
-                  not_before: datetime.datetime | None = None,
-                  ) -> concurrent.futures.Future[Any] | None:
-        """Queue ``task``; a future of its result (None with ``no_reply``) once confirmed
-        (at once with a send window). ``delay`` (seconds) or ``not_before`` (a datetime):
-        the task reaches the queue that much later."""
-        return self._send(self._aio.task_send, task, no_reply, delay, not_before,
-                          no_reply=no_reply)
-
-    def add_task_subscriber(self, subscriber: Subscriber, identifier: str | None = None) -> str:
-        """Consume this queue with ``subscriber(comm, body)``; return its identifier."""
-        return self._call(self._aio.add_task_subscriber, subscriber, identifier)
-
-    def remove_task_subscriber(self, identifier: str | Subscriber) -> None:
-        """Stop a subscriber of this queue (by identifier or the callback itself)."""
-        self._call(self._aio.remove_task_subscriber, identifier)
 
     def wait_for_subscriber(self, timeout: float = 30.0) -> None:
         """Return once a task subscriber (in any process) consumes this queue;
@@ -183,7 +193,7 @@ class TaskQueue(_Facade):
         self._portal.call(self._aio.wait_for_subscriber, timeout, timeout=timeout + 5.0)
 
 
-class Communicator(_Facade):
+class Communicator(_TaskVerbs):
     """kiwiPy-style blocking communicator: tasks, RPC and filtered broadcasts.
 
     Make one with ``postage.connect(url)``; use it as a context manager (closing waits for
@@ -191,6 +201,8 @@ class Communicator(_Facade):
     ``comm``; plain-function subscribers run in worker threads and may call its blocking
     verbs; ``async def`` subscribers run on the event loop and should use ``comm.aio``.
     """
+
+    _aio: AsyncCommunicator
 
     def __init__(self, comm: AsyncCommunicator, portal: BlockingPortal,
                  send_window: int = 0) -> None:
@@ -287,21 +299,6 @@ class Communicator(_Facade):
         """The durable task queue ``name``."""
         queue = self._call(self._aio.task_queue, name, prefetch_count)
         return TaskQueue(queue, self._portal, self._timeout, self._window)
-
-    def task_send(self, task: Any, no_reply: bool = False, *, delay: float | None = None,
-                  not_before: datetime.datetime | None = None,
-                  ) -> concurrent.futures.Future[Any] | None:
-        """Send ``task`` to the default task queue (``delay``/``not_before``: later)."""
-        return self._send(self._aio.task_send, task, no_reply, delay, not_before,
-                          no_reply=no_reply)
-
-    def add_task_subscriber(self, subscriber: Subscriber, identifier: str | None = None) -> str:
-        """Subscribe to the default task queue."""
-        return self._call(self._aio.add_task_subscriber, subscriber, identifier)
-
-    def remove_task_subscriber(self, identifier: str | Subscriber) -> None:
-        """Remove a subscriber of the default task queue."""
-        self._call(self._aio.remove_task_subscriber, identifier)
 
     # RPC
     def rpc_send(self, recipient_id: str, msg: Any) -> concurrent.futures.Future[Any]:

@@ -53,24 +53,12 @@ T = TypeVar("T")
 _FATAL_CONNECT = (AuthenticationError, VhostNotFound, ConfigurationError)
 
 
-async def _bind_on(channel: Any, binding: Binding) -> Any:
-    arguments = dict(binding.arguments) or None
-    if binding.to_exchange:
-        return await channel.exchange_bind(
-            binding.queue, binding.exchange, routing_key=binding.routing_key,
-            arguments=arguments)
-    return await channel.queue_bind(
-        binding.queue, binding.exchange, routing_key=binding.routing_key, arguments=arguments)
-
-
-async def _unbind_on(channel: Any, binding: Binding) -> Any:
-    arguments = dict(binding.arguments) or None
-    if binding.to_exchange:
-        return await channel.exchange_unbind(
-            binding.queue, binding.exchange, routing_key=binding.routing_key,
-            arguments=arguments)
-    return await channel.queue_unbind(
-        binding.queue, binding.exchange, routing_key=binding.routing_key, arguments=arguments)
+async def _bind_on(channel: Any, binding: Binding, verb: str = "bind") -> Any:
+    """``queue_bind`` (or ``exchange_bind`` for an exchange binding; ``verb="unbind"``
+    for the reverse) of ``binding`` on ``channel``."""
+    method = getattr(channel, f"{'exchange' if binding.to_exchange else 'queue'}_{verb}")
+    return await method(binding.queue, binding.exchange, routing_key=binding.routing_key,
+                        arguments=dict(binding.arguments) or None)
 
 
 def _fail_unconfirmed(channel: Any) -> None:
@@ -365,7 +353,7 @@ class AmqpTransport(AmqpPublisher):
 
     async def unbind(self, binding: Binding, *, timeout: float = 30.0) -> None:
         self._bindings.pop(binding, None)
-        await self._control_call(lambda ch: _unbind_on(ch, binding), timeout)
+        await self._control_call(lambda ch: _bind_on(ch, binding, "unbind"), timeout)
 
     # -- consuming --------------------------------------------------------------------
 
