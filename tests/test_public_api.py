@@ -12,7 +12,7 @@ import postage
 import postage._exceptions as exceptions
 
 PUBLIC_MODULES = ["postage", "postage.messaging", "postage.microthreads",
-                  "postage.generic_application", "postage.aio"]
+                  "postage.generic_application", "postage.aio", "postage.dlq"]
 
 
 def test_all_lists_exactly_the_public_names() -> None:

@@ -190,7 +190,7 @@ async def test_classic_producer_calls_communicator(
     comm = await open_comm(flavour, broker_url, **options)
     try:
         ident = names.identifier("classic-producer")
-        await comm.add_rpc_subscriber(lambda _c, body: body["args"][0] * 2, ident)
+        await comm.add_rpc_subscriber(lambda _c, body: body * 2, ident)  # rpc_double(21): 21
         producer_cls = type("P", (messaging.GenericProducer,),
                             {"eks": [(rpc_exchange(messaging), ident)]})
 

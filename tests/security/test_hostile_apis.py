@@ -478,7 +478,7 @@ def test_fuzz_communicator_dispatch(body: bytes, content_type: str | None,
         comm.options = replace(comm.options, task_max_attempts=1)
         await comm.add_rpc_subscriber(on_rpc, "svc")
         await (await comm.task_queue("tq")).add_task_subscriber(on_task)
-        comm._broadcast_subscribers.clear()
+        comm._broadcasts.subscribers.clear()
         await comm.add_broadcast_subscriber(on_broadcast, "a")
         await comm.add_broadcast_subscriber(BroadcastFilter(on_broadcast, subject=[1]), "f")
         rpc = core.subscriptions.pop("postage.rpc.svc")
