@@ -19,6 +19,8 @@ __all__ = ["Core", "HandlingOptions", "RetryPolicy", "Subscription", "open_core"
 
 import asyncio
 import contextlib
+import os
+import sys
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -56,7 +58,7 @@ from .inbound import (
     RetryPolicy,
     Subscription,
 )
-from .middleware import IncomingMessage, Middleware, check_middleware
+from .middleware import IncomingMessage, Middleware, check_middleware, with_instrumentation
 from .outbound import Outbound
 from .rpc import RpcClient
 from .workers import WorkerPool
@@ -104,10 +106,16 @@ class Core:
         self.max_pending_calls = max_pending_calls
         self.rpc_timeout = rpc_timeout
         self.accept_content_types = frozenset(accept_content_types)
-        self.middleware = check_middleware(middleware)
+        self.middleware = check_middleware(with_instrumentation(middleware))
+        for mw in self.middleware:
+            mw.attached(self)
         # error replies carry the traceback and the server's fingerprint (opt-in: they
         # show file paths, pid, host and user to any caller)
         self.error_details = error_details
+        self.component = self.settings.name or (
+            os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python")
+        """What log records and metrics call this program: the connection's ``name``,
+        else the program's file name."""
         self.retry_policy = retry_policy or RetryPolicy()
         """The policy of subscriptions that name none (a connection-wide default)."""
         self.outbound = Outbound(self.transport, self.middleware, max_message_size)
@@ -298,13 +306,14 @@ class Core:
         self, exchange: str, routing_key: str, body: bytes,
         properties: Properties | None = None, *, mandatory: bool = True,
         timeout: float | None = None, kind: str = "publish", delay: float | None = None,
+        reply: asyncio.Future[Any] | None = None,
     ) -> Coroutine[Any, Any, None]:
         """Publish through the outbound pipeline and wait for the broker's confirm; with
         ``delay`` (seconds), the message reaches ``exchange`` that much later (it is
         confirmed once stored on the broker, and persistent: see docs/failures.md)."""
         return self.outbound.publish(exchange, routing_key, body, properties,
                                      mandatory=mandatory, timeout=timeout, kind=kind,
-                                     delay=delay)
+                                     delay=delay, reply=reply)
 
     async def publish_envelope(
         self, exchange: str, routing_key: str, envelope: Mapping[str, Any], *,

@@ -196,6 +196,7 @@ class Subscription:
         self._track = any(overrides(m, "reply") for m in core.middleware)
         self._notify_retry = [m for m in core.middleware if overrides(m, "retried")]
         self._notify_dead = [m for m in core.middleware if overrides(m, "dead_lettered")]
+        self._notify_settled = [m for m in core.middleware if overrides(m, "settled")]
         self._max_size = (core.max_message_size if options.max_message_size is None
                           else options.max_message_size)
         self._accept = core.accept_content_types | options.accept_content_types
@@ -225,10 +226,24 @@ class Subscription:
                                   attempt)
         if self._track:  # reply middleware finds the request here
             self.core._handling[id(delivery)] = message
+        outcome = "requeued"
+        try:
+            outcome = await self._process(message, headers)
+        finally:
+            if self._track:
+                self.core._handling.pop(id(delivery), None)
+            for mw in self._notify_settled:
+                try:
+                    mw.settled(message, outcome)
+                except Exception:
+                    log.exception("middleware %r failed in settled()", mw)
+
+    async def _process(self, message: IncomingMessage, headers: dict[str, Any]) -> str:
+        """Handle ``message`` and settle it; what happened to it (see Middleware.settled)."""
+        delivery = message.delivery
         try:
             if delivery.redelivered and self._counts:
-                await self._redelivered(message)
-                return
+                return await self._redelivered(message)
             self._check(message, headers)
             result = await self._handle(message)
             if self._replies is not None and delivery.reply_to:
@@ -237,13 +252,10 @@ class Subscription:
             await delivery.nack(requeue=True)
             raise
         except Exception as exc:
-            await self._failed(message, exc)
-            return
-        finally:
-            if self._track:
-                self.core._handling.pop(id(delivery), None)
+            return await self._failed(message, exc)
         if not delivery.settled:
             await delivery.ack()
+        return "acked"
 
     def _check(self, message: IncomingMessage, headers: dict[str, Any]) -> None:
         if headers and HEADER_UNDECODABLE in headers:
@@ -287,7 +299,7 @@ class Subscription:
 
     # -- outcomes -------------------------------------------------------------------------
 
-    async def _failed(self, message: IncomingMessage, exc: Exception) -> None:
+    async def _failed(self, message: IncomingMessage, exc: Exception) -> str:
         error = f"{type(exc).__name__}: {exc}"
         mode = self.options.errors
         if isinstance(exc, DecodingError):
@@ -295,62 +307,70 @@ class Subscription:
         elif isinstance(exc, Reject):
             reason, error = "rejected", str(exc)
         elif mode == "answer":
-            log.info("handler for queue %r raised %s", self.queue, error)
+            log.info("handler for queue %r raised %s", self.queue, error,
+                     extra=log_fields(message, self.core))
             await self._answer(message, exc)
             await message.delivery.ack()
-            return
+            return "failed"
         elif mode == "log":
-            log.error("handler for queue %r raised %s", self.queue, error, exc_info=exc)
+            log.error("handler for queue %r raised %s", self.queue, error, exc_info=exc,
+                      extra=log_fields(message, self.core))
             await message.delivery.ack()
-            return
+            return "failed"
         elif isinstance(exc, self.policy.no_retry):
             reason = "handler-failed"
             log.error("handler for queue %r failed (%s), which its policy does not retry; "
-                      "dead-lettering", self.queue, error, exc_info=exc)
+                      "dead-lettering", self.queue, error, exc_info=exc,
+                      extra=log_fields(message, self.core))
         elif message.attempt < self.policy.max_attempts:
             delay = self.policy.delay_after(message.attempt)
             log.warning("handler for queue %r failed (attempt %d of %d): %s; retrying%s",
                         self.queue, message.attempt, self.policy.max_attempts, error,
-                        f" in {delay:.2f} s" if delay else "")
-            await self._retry(message, error, delay)
-            return
+                        f" in {delay:.2f} s" if delay else "",
+                        extra=log_fields(message, self.core))
+            return await self._retry(message, error, delay)
         else:
             reason = "handler-failed"
             log.error("handler for queue %r failed %d times (%s); dead-lettering",
-                      self.queue, message.attempt, error, exc_info=exc)
+                      self.queue, message.attempt, error, exc_info=exc,
+                      extra=log_fields(message, self.core))
         await self._answer(message, exc)
-        await self.dead_letter(message, reason, error)
+        return await self.dead_letter(message, reason, error)
 
-    async def _redelivered(self, message: IncomingMessage) -> None:
+    async def _redelivered(self, message: IncomingMessage) -> str:
         count = _int_header(message.headers, HEADER_REDELIVERIES) + 1
         if count > self.policy.max_redeliveries:
             error = (f"delivered {count} times without its handler finishing (its consumer "
                      "died or lost its connection while handling it)")
-            log.error("message of queue %r %s; dead-lettering", self.queue, error)
+            log.error("message of queue %r %s; dead-lettering", self.queue, error,
+                      extra=log_fields(message, self.core))
             await self._answer(message, DeadLettered(
                 f"moved to {self.dead_letter_queue!r}: {error}"))
-            await self.dead_letter(message, "redelivered", error)
-            return
-        await self._send_back(message, {HEADER_REDELIVERIES: count})
+            return await self.dead_letter(message, "redelivered", error)
+        return "retried" if await self._send_back(message, {HEADER_REDELIVERIES: count}) \
+            else "requeued"
 
-    async def _retry(self, message: IncomingMessage, error: str, delay: float) -> None:
+    async def _retry(self, message: IncomingMessage, error: str, delay: float) -> str:
         now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
         headers = message.delivery.headers or {}
-        await self._send_back(message, {
+        sent = await self._send_back(message, {
             HEADER_ATTEMPTS: message.attempt, HEADER_ERROR: error[:MAX_ERROR],
             HEADER_FIRST_FAILED: headers.get(HEADER_FIRST_FAILED, now),
             HEADER_LAST_FAILED: now}, delay)
+        if not sent:
+            return "requeued"
         for mw in self._notify_retry:
             try:
                 await mw.retried(message, error)
             except Exception:
                 log.exception("middleware %r failed in retried()", mw)
+        return "retried"
 
     async def _send_back(self, message: IncomingMessage, counts: dict[str, Any],
-                         delay: float = 0.0) -> None:
+                         delay: float = 0.0) -> bool:
         """Publish the message again at the end of its queue (``delay`` seconds later)
         with ``counts`` in its headers (and where it was first sent), then ack this
-        delivery."""
+        delivery; False when it could not be sent (given back to the broker instead)."""
         delivery = message.delivery
         props = delivery.properties
         headers = resend_headers(delivery)
@@ -362,31 +382,52 @@ class Subscription:
                                                replace(props, headers=headers), delay)
         except PostageError as perr:
             log.error("cannot send a message back to %r (%s); the broker redelivers it",
-                      self.queue, perr)
+                      self.queue, perr, extra=log_fields(message, self.core))
             await asyncio.sleep(0.5)
             await delivery.nack(requeue=True)
-            return
+            return False
         await delivery.ack()
+        return True
 
-    async def dead_letter(self, message: IncomingMessage, reason: str, error: str) -> None:
-        """Move the message to the dead-letter queue with why in its headers, then ack."""
+    async def dead_letter(self, message: IncomingMessage, reason: str, error: str) -> str:
+        """Move the message to the dead-letter queue with why in its headers, then ack;
+        the outcome (``"dead-lettered"``, or ``"requeued"`` if that failed)."""
         delivery = message.delivery
         dlq = self.dead_letter_queue
         if dlq is None:
-            log.warning("message of queue %r dropped (%s): %s", self.queue, reason, error)
+            log.warning("message of queue %r dropped (%s): %s", self.queue, reason, error,
+                        extra=log_fields(message, self.core))
             await delivery.ack()
-            return
+            return "failed"
         moved = await self.core.move_to_dead_letters(
             delivery, self.queue, dlq, reason, error,
             exchange=message.exchange, routing_key=message.routing_key,
             attempts=message.attempt)
         if not moved:
-            return
+            return "requeued"
         for mw in self._notify_dead:
             try:
                 await mw.dead_lettered(message, reason, error)
             except Exception:
                 log.exception("middleware %r failed in dead_lettered()", mw)
+        return "dead-lettered"
+
+
+def log_fields(message: IncomingMessage, core: Core) -> dict[str, Any]:
+    """The ``extra`` fields of a log record about ``message``: ``postage_component`` (the
+    connection's name, else the program's), ``postage_queue``, ``postage_message_id``,
+    ``postage_correlation_id``, ``postage_attempt``, and ``postage_trace_id`` when the
+    message carries a W3C ``traceparent`` (as it does with tracing on)."""
+    props = message.delivery.properties
+    fields: dict[str, Any] = {
+        "postage_component": core.component, "postage_queue": message.queue,
+        "postage_message_id": props.message_id, "postage_correlation_id": props.correlation_id,
+        "postage_attempt": message.attempt, "postage_trace_id": None,
+    }
+    traceparent = (props.headers or {}).get("traceparent")
+    if isinstance(traceparent, str) and len(traceparent) >= 55 and traceparent[2] == "-":
+        fields["postage_trace_id"] = traceparent[3:35]
+    return fields
 
 
 def resend_headers(delivery: Delivery) -> dict[str, Any]:

@@ -13,7 +13,8 @@ every API on it. Subclass :class:`Middleware` and override the hooks you need:
   (the reply's value), what it raises is the handler's error (retry, dead-letter).
 * :meth:`Middleware.reply` runs around the sending of each reply.
 * :meth:`Middleware.retried` and :meth:`Middleware.dead_lettered` are told when a failed
-  message is sent back for another attempt, and when one is moved to ``<queue>.dlq``.
+  message is sent back for another attempt, and when one is moved to ``<queue>.dlq``;
+  :meth:`Middleware.settled` when a received message is done with, whatever happened.
 
 Order: the first middleware of the list is the outermost. For a publish, the first one
 sees the message first; for a handled message, the first one is entered first and left
@@ -30,6 +31,7 @@ __all__ = [
     "PublishNext",
 ]
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -59,6 +61,9 @@ class OutgoingMessage:
     timeout: float | None = None
     delay: float | None = None
     """Seconds to wait before it reaches ``exchange`` (None: now)."""
+    reply: asyncio.Future[Any] | None = None
+    """For a request (``kind == "request"``): the future of its reply, done when the reply
+    came, or with the call's error (timeout, lost connection...), or cancelled."""
 
     @property
     def headers(self) -> dict[str, Any]:
@@ -129,6 +134,34 @@ class Middleware:
 
     async def dead_lettered(self, message: IncomingMessage, reason: str, error: str) -> None:
         """``message`` was moved to ``<queue>.dlq`` for ``reason``."""
+
+    def attached(self, core: Any) -> None:
+        """Told of each connection (a ``Core``) this middleware is installed on."""
+
+    def settled(self, message: IncomingMessage, outcome: str) -> None:
+        """``message`` is done with: ``outcome`` is ``"acked"``, ``"retried"``,
+        ``"dead-lettered"``, ``"requeued"`` (given back to the broker) or ``"failed"``
+        (the handler raised and the error was answered or logged)."""
+
+
+_instrumentation: list[Middleware] = []
+
+
+def instrument(middleware: Middleware) -> None:
+    """Put ``middleware`` first on every connection opened from now on (what an
+    instrumentation such as OpenTelemetry's does; connections already open keep theirs)."""
+    if middleware not in _instrumentation:
+        _instrumentation.append(middleware)
+
+
+def uninstrument(middleware: Middleware) -> None:
+    if middleware in _instrumentation:
+        _instrumentation.remove(middleware)
+
+
+def with_instrumentation(middleware: Sequence[Any]) -> Sequence[Any]:
+    """The middleware of a new connection: the installed instrumentation, then its own."""
+    return [*_instrumentation, *middleware] if _instrumentation else middleware
 
 
 def overrides(middleware: Middleware, hook: str) -> bool:

@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._exceptions import EncodingError, PostageError
 from .._wire.properties import PERSISTENT, Properties, QueueSpec, check_name
@@ -60,7 +60,7 @@ class Outbound:
     async def publish(
         self, exchange: str, routing_key: str, body: bytes, properties: Properties | None,
         *, mandatory: bool, timeout: float | None, kind: str = "publish",
-        delay: float | None = None,
+        delay: float | None = None, reply: asyncio.Future[Any] | None = None,
     ) -> None:
         """Publish, confirmed; with ``delay`` (seconds), the message reaches ``exchange``
         that much later (see :mod:`.delays`)."""
@@ -80,7 +80,7 @@ class Outbound:
         if props.headers is not None:
             props.headers = dict(props.headers)
         await self._chain(OutgoingMessage(exchange, routing_key, body, props, kind, mandatory,
-                                          timeout, delay))
+                                          timeout, delay, reply))
 
     async def _send(self, message: OutgoingMessage) -> None:
         self.check_size(message.body)

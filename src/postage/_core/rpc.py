@@ -231,7 +231,8 @@ class RpcClient:
         try:
             await self._core.publish(
                 exchange, routing_key, body, props, mandatory=mandatory, kind="request",
-                timeout=min(timeout, self._core.settings.publish_timeout), delay=delay)
+                timeout=min(timeout, self._core.settings.publish_timeout), delay=delay,
+                reply=future)
         except BaseException:
             self._forget(cid, call, future)
             future.cancel()
@@ -323,7 +324,8 @@ class RpcClient:
         try:
             await self._core.publish(
                 exchange, routing_key, body, props, mandatory=mandatory, kind="request",
-                timeout=max(0.001, min(timeout, self._core.settings.publish_timeout)))
+                timeout=max(0.001, min(timeout, self._core.settings.publish_timeout)),
+                reply=done)
             call.sent = True
             await asyncio.wait([done], timeout=max(0.0, deadline - loop.time()))
         finally:

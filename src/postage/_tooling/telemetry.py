@@ -1,0 +1,299 @@
+"""OpenTelemetry for Postage: traces and metrics of every message, on every API.
+
+One :class:`TelemetryMiddleware`, installed first on every connection opened after
+:meth:`PostageInstrumentor.instrument` (see :func:`postage._core.middleware.instrument`):
+
+* **traces** (messaging semantic conventions, ``messaging.system = rabbitmq``): a PRODUCER
+  span per publish, whose context travels in the message's ``traceparent``/``tracestate``
+  headers (W3C, as aio-pika's instrumentation does); a CONSUMER span per message handled,
+  child of the sender's, kept open until the message is settled, with an event for a retry
+  or a dead letter; a CLIENT span around each RPC (request to reply), parent of its
+  request's publish, and a PRODUCER span per reply;
+* **metrics** through the OpenTelemetry metrics API: messages sent, received, acked,
+  retried, dead-lettered and unroutable; publish-confirm latency, handler duration and RPC
+  round trip; RPCs in flight; reconnections. Attributes: ``messaging.system``,
+  ``messaging.destination.name`` (random parts of names folded into ``{id}``, so that
+  reply and private queues do not multiply the series) and ``postage.component``.
+
+Nothing here is imported unless instrumentation is asked for.
+"""
+
+from __future__ import annotations
+
+__all__ = ["PostageInstrumentor", "TelemetryMiddleware", "bounded_name"]
+
+import asyncio
+import os
+import re
+import sys
+import time
+import weakref
+from collections.abc import Collection, Iterable
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
+    BaseInstrumentor,
+)
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from postage import __version__
+from postage._core.middleware import (
+    HandleNext,
+    IncomingMessage,
+    Middleware,
+    OutgoingMessage,
+    PublishNext,
+    instrument,
+    uninstrument,
+)
+from postage._exceptions import Unroutable
+
+SYSTEM = "rabbitmq"
+_SPAN_KEY = "postage.otel.span"
+_STARTED_KEY = "postage.otel.started"
+_RANDOM_WORD = re.compile(r"^(?=.*\d)[0-9a-fA-F_-]{12,}$|^[0-9a-fA-F]{32}$|^\d+$")
+_PID_AT = re.compile(r"^\d+@")
+
+
+def bounded_name(name: str) -> str:
+    """``name`` with its random words (hex ids, uuids, pids) folded into ``{id}``: the
+    metric attribute of a destination, so that private queues do not make new series."""
+    if name.startswith("amq.rabbitmq.reply-to"):
+        return "amq.rabbitmq.reply-to"
+    if not name:
+        return "(default)"
+    return ".".join("{id}" if _RANDOM_WORD.match(word) else _PID_AT.sub("{id}@", word)
+                    for word in name.split("."))
+
+
+def _component() -> str:
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+
+
+class TelemetryMiddleware(Middleware):
+    """Traces and metrics of one process's Postage connections (see the module doc)."""
+
+    def __init__(self, tracer_provider: Any = None, meter_provider: Any = None,
+                 component: str | None = None) -> None:
+        self.tracer = trace.get_tracer("postage", __version__, tracer_provider=tracer_provider)
+        meter = metrics.get_meter("postage", __version__, meter_provider=meter_provider)
+        self.component = component or _component()
+        self._cores: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.sent_messages = meter.create_counter(
+            "messaging.client.sent.messages", "{message}", "Messages sent (confirmed)")
+        self.received_messages = meter.create_counter(
+            "messaging.client.consumed.messages", "{message}", "Messages received")
+        self.acked_messages = meter.create_counter(
+            "postage.messages.acked", "{message}", "Messages handled and acked")
+        self.retried_messages = meter.create_counter(
+            "postage.messages.retried", "{message}", "Messages sent back for another attempt")
+        self.dead_messages = meter.create_counter(
+            "postage.messages.dead_lettered", "{message}", "Messages moved to <queue>.dlq")
+        self.unroutable_messages = meter.create_counter(
+            "postage.messages.unroutable", "{message}", "Mandatory messages no queue took")
+        self.publish_duration = meter.create_histogram(
+            "messaging.client.operation.duration", "s", "Publish until the broker confirmed")
+        self.process_duration = meter.create_histogram(
+            "messaging.process.duration", "s", "Handler duration")
+        self.rpc_duration = meter.create_histogram(
+            "postage.rpc.duration", "s", "RPC round trip, request to reply")
+        self.rpc_in_flight = meter.create_up_down_counter(
+            "postage.rpc.in_flight", "{call}", "RPCs waiting for their reply")
+        meter.create_observable_counter(
+            "postage.connection.reconnections", [self._reconnections], "{reconnection}",
+            "Reconnections of this process's connections")
+
+    # -- connections ------------------------------------------------------------------
+
+    def attached(self, core: Any) -> None:
+        self._cores.add(core)
+
+    def _reconnections(self, _options: CallbackOptions) -> Iterable[Observation]:
+        total = sum(getattr(c.transport, "reconnections", 0) for c in list(self._cores))
+        yield Observation(total, {"messaging.system": SYSTEM,
+                                  "postage.component": self.component})
+
+    # -- attributes -------------------------------------------------------------------
+
+    def _metric_attributes(self, destination: str, operation: str) -> dict[str, str]:
+        return {"messaging.system": SYSTEM, "messaging.operation.name": operation,
+                "messaging.destination.name": bounded_name(destination),
+                "postage.component": self.component}
+
+    @staticmethod
+    def _span_attributes(destination: str, routing_key: str, operation: str,
+                         operation_type: str, properties: Any, size: int) -> dict[str, Any]:
+        attributes: dict[str, Any] = {
+            "messaging.system": SYSTEM,
+            "messaging.destination.name": destination,
+            "messaging.rabbitmq.destination.routing_key": routing_key,
+            "messaging.operation.name": operation,
+            "messaging.operation.type": operation_type,
+            "messaging.message.body.size": size,
+        }
+        if properties.message_id:
+            attributes["messaging.message.id"] = properties.message_id
+        if properties.correlation_id:
+            attributes["messaging.message.conversation_id"] = properties.correlation_id
+        return attributes
+
+    # -- sending ----------------------------------------------------------------------
+
+    async def publish(self, message: OutgoingMessage, call_next: PublishNext) -> None:
+        if message.kind == "request" and message.reply is not None:
+            await self._request(message, call_next)
+            return
+        await self._send(message, call_next, "publish")
+
+    async def _send(self, message: OutgoingMessage, call_next: PublishNext,
+                    operation: str, parent: Any = None) -> None:
+        # the exchange; through the default exchange, the queue (the routing key)
+        destination = message.exchange or message.routing_key
+        attributes = self._span_attributes(destination, message.routing_key, operation,
+                                           "send", message.properties, len(message.body))
+        metric = self._metric_attributes(destination, operation)
+        started = time.perf_counter()
+        with self.tracer.start_as_current_span(
+                f"{operation} {bounded_name(destination)}",
+                context=parent,
+                kind=SpanKind.PRODUCER, attributes=attributes, record_exception=True) as span:
+            propagate.inject(message.headers)  # the publish span is the receiver's parent
+            try:
+                await call_next(message)
+            except Unroutable:
+                self.unroutable_messages.add(1, metric)
+                span.set_status(Status(StatusCode.ERROR, "unroutable"))
+                raise
+            except Exception as exc:
+                self.sent_messages.add(1, {**metric, "error.type": type(exc).__name__})
+                raise
+        self.sent_messages.add(1, metric)
+        self.publish_duration.record(time.perf_counter() - started, metric)
+
+    async def _request(self, message: OutgoingMessage, call_next: PublishNext) -> None:
+        """A CLIENT span from the request to its reply (ended when the reply future is),
+        parent of the request's publish span."""
+        destination = message.exchange or message.routing_key
+        span = self.tracer.start_span(
+            f"send {bounded_name(destination)}", kind=SpanKind.CLIENT,
+            attributes=self._span_attributes(
+                message.exchange, message.routing_key, "send", "send", message.properties,
+                len(message.body)))
+        metric = self._metric_attributes(message.exchange or message.routing_key, "rpc")
+        started = time.perf_counter()
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            await self._send(message, call_next, "publish")
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            span.end()
+            raise
+        finally:
+            otel_context.detach(token)
+        self.rpc_in_flight.add(1, metric)
+        reply = message.reply
+        assert reply is not None
+
+        def done(future: asyncio.Future[Any]) -> None:
+            self.rpc_in_flight.add(-1, metric)
+            if future.cancelled():
+                span.set_status(Status(StatusCode.ERROR, "cancelled"))
+            elif future.exception() is not None:
+                error = future.exception()
+                span.record_exception(error)  # type: ignore[arg-type]
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            else:
+                span.add_event("reply")
+                self.rpc_duration.record(time.perf_counter() - started, metric)
+            span.end()
+
+        reply.add_done_callback(done)
+
+    async def reply(self, message: OutgoingMessage, request: IncomingMessage | None,
+                    call_next: PublishNext) -> None:
+        # a child of the request's processing span (no longer the current one by now)
+        span = request.state.get(_SPAN_KEY) if request is not None else None
+        parent = trace.set_span_in_context(span) if span is not None else None
+        await self._send(message, call_next, "reply", parent)
+
+    # -- receiving --------------------------------------------------------------------
+
+    async def handle(self, message: IncomingMessage, call_next: HandleNext) -> Any:
+        delivery = message.delivery
+        parent = propagate.extract(message.headers or {})
+        span = self.tracer.start_span(
+            f"process {bounded_name(message.queue)}", context=parent, kind=SpanKind.CONSUMER,
+            attributes={**self._span_attributes(
+                message.queue, message.routing_key, "process", "process",
+                delivery.properties, len(delivery.body)),
+                "messaging.rabbitmq.message.attempt": message.attempt})
+        state = message.state
+        state[_SPAN_KEY] = span
+        state[_STARTED_KEY] = time.perf_counter()
+        self.received_messages.add(1, self._metric_attributes(message.queue, "process"))
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            return await call_next(message)
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            otel_context.detach(token)
+
+    async def retried(self, message: IncomingMessage, error: str) -> None:
+        span = message.state.get(_SPAN_KEY)
+        if span is not None:
+            span.add_event("retry", {"postage.error": error,
+                                     "messaging.rabbitmq.message.attempt": message.attempt})
+        self.retried_messages.add(1, self._metric_attributes(message.queue, "process"))
+
+    async def dead_lettered(self, message: IncomingMessage, reason: str, error: str) -> None:
+        span = message.state.get(_SPAN_KEY)
+        if span is not None:
+            span.add_event("dead-lettered", {"postage.reason": reason, "postage.error": error})
+        self.dead_messages.add(1, self._metric_attributes(message.queue, "process"))
+
+    def settled(self, message: IncomingMessage, outcome: str) -> None:
+        state = message.state
+        span = state.pop(_SPAN_KEY, None)
+        started = state.pop(_STARTED_KEY, None)
+        metric = self._metric_attributes(message.queue, "process")
+        if outcome == "acked":
+            self.acked_messages.add(1, metric)
+        if started is not None:
+            self.process_duration.record(time.perf_counter() - started, metric)
+        if span is not None:
+            span.set_attribute("postage.outcome", outcome)
+            span.end()
+
+
+class PostageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """The OpenTelemetry instrumentation of Postage: ``PostageInstrumentor().instrument()``
+    (or ``opentelemetry-instrument python app.py``, through the entry point). Connections
+    opened afterwards are traced and measured; ``uninstrument()`` stops it for new ones.
+
+    Keywords of ``instrument``: ``tracer_provider``, ``meter_provider`` (default: the
+    global ones) and ``component`` (the ``postage.component`` attribute of the metrics;
+    default: the program's file name)."""
+
+    _middleware: TelemetryMiddleware | None = None
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ()
+
+    def _instrument(self, **kwargs: Any) -> None:
+        middleware = TelemetryMiddleware(kwargs.get("tracer_provider"),
+                                         kwargs.get("meter_provider"), kwargs.get("component"))
+        PostageInstrumentor._middleware = middleware
+        instrument(middleware)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        middleware = PostageInstrumentor._middleware
+        if middleware is not None:
+            uninstrument(middleware)
+            PostageInstrumentor._middleware = None
