@@ -43,6 +43,7 @@ CLASSIC = ("postage.messaging:GenericProducer",)
 COMM = ("postage:connect",)
 AIOCOMM = ("postage.aio:connect",)
 CLIENT = ("postage:AsyncClient",)
+OTEL = ("opentelemetry.sdk.trace", "postage.opentelemetry")
 KIWI = ("kiwipy", "kiwipy.rmq")
 # the kiwiPy-style cases (bench.peers:kiwi_*) run kiwiPy's code on either module
 KIWIPY: dict[str, Any] = {"module": "kiwipy"}
@@ -80,6 +81,14 @@ CASES: list[Case] = [
          "rate", 20000, 3000, postage=True, requires=COMM, params=POSTAGE_WINDOW),
     Case("publish.client.256", "publish", "Postage AsyncClient", "publish, 256 in flight",
          Q + "client_publish_window", "rate", 20000, 3000, postage=True, requires=CLIENT),
+    Case("publish.client.256.otel", "publish", "Postage AsyncClient",
+         "publish, 256 in flight, OpenTelemetry on (spans one by one to a no-op exporter)",
+         Q + "client_publish_window", "rate", 20000, 3000, postage=True,
+         requires=(*CLIENT, *OTEL), params={"otel": "noop"}),
+    Case("publish.client.256.otel-batch", "publish", "Postage AsyncClient",
+         "publish, 256 in flight, OpenTelemetry on (BatchSpanProcessor)",
+         Q + "client_publish_window", "rate", 20000, 3000, postage=True,
+         requires=(*CLIENT, *OTEL), params={"otel": "batch"}),
     # (2) end-to-end publish -> handler -> ack
     Case("e2e.aiopika", "e2e", "aio-pika", "256 in flight, prefetch 256",
          P + "aiopika_e2e", "rate", 20000, 3000),
@@ -96,6 +105,14 @@ CASES: list[Case] = [
          Q + "aio_comm_e2e", "rate", 20000, 3000, postage=True, requires=AIOCOMM),
     Case("e2e.client", "e2e", "Postage AsyncClient", "256 in flight, prefetch 256",
          Q + "client_e2e", "rate", 20000, 3000, postage=True, requires=CLIENT),
+    Case("e2e.client.otel", "e2e", "Postage AsyncClient",
+         "256 in flight, prefetch 256, OpenTelemetry on (no-op exporter)",
+         Q + "client_e2e", "rate", 20000, 3000, postage=True, requires=(*CLIENT, *OTEL),
+         params={"otel": "noop"}),
+    Case("e2e.client.otel-batch", "e2e", "Postage AsyncClient",
+         "256 in flight, prefetch 256, OpenTelemetry on (BatchSpanProcessor)",
+         Q + "client_e2e", "rate", 20000, 3000, postage=True, requires=(*CLIENT, *OTEL),
+         params={"otel": "batch"}),
     # (3) sequential RPC latency
     Case("rpc.pika", "rpc", "pika", "tutorial RPC (callback queue)",
          P + "pika_rpc", "latency", 2000, 300),
@@ -111,6 +128,14 @@ CASES: list[Case] = [
          Q + "aio_comm_rpc_seq", "latency", 2000, 300, postage=True, requires=AIOCOMM),
     Case("rpc.client", "rpc", "Postage AsyncClient", "await client.rpc()",
          Q + "client_rpc_seq", "latency", 2000, 300, postage=True, requires=CLIENT),
+    Case("rpc.client.otel", "rpc", "Postage AsyncClient",
+         "await client.rpc(), OpenTelemetry on (no-op exporter)",
+         Q + "client_rpc_seq", "latency", 2000, 300, postage=True, requires=(*CLIENT, *OTEL),
+         params={"otel": "noop"}),
+    Case("rpc.client.otel-batch", "rpc", "Postage AsyncClient",
+         "await client.rpc(), OpenTelemetry on (BatchSpanProcessor)",
+         Q + "client_rpc_seq", "latency", 2000, 300, postage=True, requires=(*CLIENT, *OTEL),
+         params={"otel": "batch"}),
     Case("rpc.classic", "rpc", "Postage classic", "blocking rpc_X",
          Q + "classic_rpc_seq", "latency", 2000, 300, postage=True, requires=CLASSIC),
     # (4) 64 RPCs in flight

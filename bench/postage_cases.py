@@ -167,9 +167,52 @@ def core_idle(ctx: Ctx) -> dict[str, float]:
 # the async client (postage.AsyncClient)
 
 
+def _instrument(ctx: Ctx) -> None:
+    """``params["otel"]``: trace and measure with OpenTelemetry's SDK, the spans going to a
+    no-op exporter either one by one (``"noop"``: SimpleSpanProcessor) or in batches
+    (``"batch"``: BatchSpanProcessor, metrics exported every 5 s)."""
+    mode = ctx.params.get("otel")
+    if not mode:
+        return
+    import io
+    from collections.abc import Sequence
+
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import (
+        ConsoleMetricExporter,
+        InMemoryMetricReader,
+        PeriodicExportingMetricReader,
+    )
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SimpleSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    from postage.opentelemetry import PostageInstrumentor
+
+    class Discard(SpanExporter):  # type: ignore[misc]
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    if mode == "batch":
+        tracer_provider.add_span_processor(BatchSpanProcessor(Discard()))
+        reader: Any = PeriodicExportingMetricReader(
+            ConsoleMetricExporter(out=io.StringIO()), export_interval_millis=5000)
+    else:
+        tracer_provider.add_span_processor(SimpleSpanProcessor(Discard()))
+        reader = InMemoryMetricReader()
+    PostageInstrumentor().instrument(tracer_provider=tracer_provider,
+                                     meter_provider=MeterProvider(metric_readers=[reader]))
+
+
 async def _client(ctx: Ctx) -> Any:
     import postage
 
+    _instrument(ctx)
     client = postage.AsyncClient(ctx.url)
     await client.open()
     return client
