@@ -147,7 +147,9 @@ class AmqpConsumer(Consumer):
         channel = await connection.channel(publisher_confirms=False)
         if self.prefetch_count:
             await channel.basic_qos(prefetch_count=self.prefetch_count)
-        channel.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
+        cancel_callbacks = getattr(channel, "on_consumer_cancel_callbacks", None)
+        if cancel_callbacks is not None:
+            cancel_callbacks.add(self._on_broker_cancel)
         self.channel = channel
         await channel.basic_consume(
             self.queue,
@@ -160,6 +162,17 @@ class AmqpConsumer(Consumer):
         channel.closing.add_done_callback(
             lambda future: self._on_channel_closed(channel, future)
         )
+        if cancel_callbacks is None:
+            # older aiormq (6.9, as aio-pika 9.5 installs) drops the broker's basic.cancel:
+            # notice it by the consumer tag leaving the channel's consumers
+            self._transport._spawn(self._watch_broker_cancel(channel))
+
+    async def _watch_broker_cancel(self, channel: Any, every: float = 0.5) -> None:
+        while self.active and channel is self.channel and not channel.is_closed:
+            if self.tag not in channel.consumers:
+                self._on_broker_cancel(None)
+                return
+            await asyncio.sleep(every)
 
     async def _on_message(self, message: aiormq.abc.DeliveredMessage) -> None:
         task = asyncio.current_task()

@@ -31,6 +31,10 @@ _CHANNEL_ERRORS: tuple[tuple[type[BaseException], type[ChannelError], int], ...]
 )
 
 
+_REPLY_CODES = (("ACCESS_REFUSED", 403), ("NOT_FOUND", 404), ("RESOURCE_LOCKED", 405),
+                ("PRECONDITION_FAILED", 406))
+
+
 def translate_error(exc: BaseException) -> PostageError:
     """A Postage error for an exception of the AMQP client or the network."""
     if isinstance(exc, PostageError):
@@ -65,7 +69,13 @@ def _channel_error(exc: BaseException) -> ChannelError | None:
         if isinstance(exc, client_error):
             return error(_reply_text(exc), code)
     code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
-    return ChannelError(_reply_text(exc), code)
+    text = _reply_text(exc)
+    if not code:  # older aiormq keeps only the broker's text: its name says the code
+        code = next((c for name, c in _REPLY_CODES if text.startswith(name)), 0)
+        for _client_error, error, known in _CHANNEL_ERRORS:
+            if known == code and code:
+                return error(text, code)
+    return ChannelError(text, code)
 
 
 def _tls_error(exc: BaseException) -> ConnectionError | None:
