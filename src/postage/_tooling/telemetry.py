@@ -82,24 +82,26 @@ class TelemetryMiddleware(Middleware):
         meter = metrics.get_meter("postage", __version__, meter_provider=meter_provider)
         self.component = component or _component()
         self._cores: weakref.WeakSet[Any] = weakref.WeakSet()
-        self.sent_messages = meter.create_counter(
-            "messaging.client.sent.messages", "{message}", "Messages sent (confirmed)")
-        self.received_messages = meter.create_counter(
-            "messaging.client.consumed.messages", "{message}", "Messages received")
-        self.acked_messages = meter.create_counter(
-            "postage.messages.acked", "{message}", "Messages handled and acked")
-        self.retried_messages = meter.create_counter(
-            "postage.messages.retried", "{message}", "Messages sent back for another attempt")
-        self.dead_messages = meter.create_counter(
-            "postage.messages.dead_lettered", "{message}", "Messages moved to <queue>.dlq")
-        self.unroutable_messages = meter.create_counter(
-            "postage.messages.unroutable", "{message}", "Mandatory messages no queue took")
-        self.publish_duration = meter.create_histogram(
-            "messaging.client.operation.duration", "s", "Publish until the broker confirmed")
-        self.process_duration = meter.create_histogram(
-            "messaging.process.duration", "s", "Handler duration")
-        self.rpc_duration = meter.create_histogram(
-            "postage.rpc.duration", "s", "RPC round trip, request to reply")
+        counter, histogram = meter.create_counter, meter.create_histogram
+        message = "{message}"
+        self.sent_messages = counter("messaging.client.sent.messages", message,
+                                     "Messages sent (confirmed)")
+        self.received_messages = counter("messaging.client.consumed.messages", message,
+                                         "Messages received")
+        self.acked_messages = counter("postage.messages.acked", message,
+                                      "Messages handled and acked")
+        self.retried_messages = counter("postage.messages.retried", message,
+                                        "Messages sent back for another attempt")
+        self.dead_messages = counter("postage.messages.dead_lettered", message,
+                                     "Messages moved to <queue>.dlq")
+        self.unroutable_messages = counter("postage.messages.unroutable", message,
+                                           "Mandatory messages no queue took")
+        self.publish_duration = histogram("messaging.client.operation.duration", "s",
+                                          "Publish until the broker confirmed")
+        self.process_duration = histogram("messaging.process.duration", "s",
+                                          "Handler duration")
+        self.rpc_duration = histogram("postage.rpc.duration", "s",
+                                      "RPC round trip, request to reply")
         self.rpc_in_flight = meter.create_up_down_counter(
             "postage.rpc.in_flight", "{call}", "RPCs waiting for their reply")
         meter.create_observable_counter(
