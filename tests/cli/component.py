@@ -39,6 +39,10 @@ class Component(GenericApplication):
 
 def main() -> None:
     name, groups = sys.argv[1], sys.argv[2:]
+    if os.environ.get("COMPONENT_INSTRUMENT"):  # OpenTelemetry on (API only: no SDK)
+        from postage.opentelemetry import PostageInstrumentor
+
+        PostageInstrumentor().instrument()
     fingerprint = messaging.Fingerprint(name=name, type="test-component",
                                         vhost=messaging.global_vhost).as_dict()
     fingerprint["host"] = socket.gethostname()

@@ -112,8 +112,11 @@ class Components:
         self.started: list[Component] = []
         self.spawned: list[int] = []
 
-    def start(self, name: str, *groups: str, restart_mode: str = "exec") -> Component:
+    def start(self, name: str, *groups: str, restart_mode: str = "exec",
+              instrument: bool = False) -> Component:
         env = {**cli_env(self.url), "COMPONENT_RESTART_MODE": restart_mode}
+        if instrument:
+            env["COMPONENT_INSTRUMENT"] = "1"
         process = subprocess.Popen(
             [sys.executable, str(COMPONENT), name, *groups], env=env,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

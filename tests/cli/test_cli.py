@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -181,6 +182,48 @@ async def test_monitor_once_shows_components_and_queue_depths(
     assert lines[m1.key][1:3] == ["0", "1"]
     assert lines[f"{watched}#blue"][1:3] == ["0", "1"]
     assert "guest:guest" not in out and "***" in out
+
+
+async def test_monitor_shows_what_instrumented_components_handled(
+        vhost_url: str, components: Components, names: Names) -> None:
+    busy, plain = names("busy"), names("plain")
+    components.start(busy, "g1", instrument=True)  # (a group: no empty column)
+    components.start(plain, "g2")
+    for i in range(4):
+        assert run_cli(vhost_url, "call", f"{busy}/rr", "add", "--param", f"a={i}",
+                       "--param", "b=1").returncode == 0
+    await asyncio.sleep(1.2)  # a heartbeat (0.5 s) carries the new totals
+    result = run_cli(vhost_url, "monitor", "--once", "--management-url", "http://127.0.0.1:9")
+    assert result.returncode == 0, result
+    head = result.stdout.partition("\nqueues")[0]
+    header = next(line for line in head.splitlines() if line.split()[:1] == ["NAME"])
+    assert header.split()[8:11] == ["HANDLED", "MSG/S", "HANDLER"]
+    rows = {line.split()[0]: line.split() for line in head.splitlines() if line.split()}
+    assert rows[busy][8] == "4" and float(rows[busy][10]) >= 0  # handled, mean handler ms
+    assert rows[plain][8:11] == ["-", "-", "-"]  # not instrumented
+
+
+def test_activity_turns_status_totals_into_rates() -> None:
+    from postage._api.presence import ComponentState
+    from postage._tooling.cli.monitor import Activity, bar
+
+    activity = Activity()
+    fp = {"name": "worker", "host": "h", "pid": 1}
+
+    def state(seen: float, handled: int, seconds: float) -> ComponentState:
+        return ComponentState(fp, "heartbeat", 0.0, seen, 1.0,
+                              {"messages_handled": handled, "handler_seconds": seconds})
+
+    first = activity.update(state(10.0, 100, 2.0))
+    assert (first.handled, first.rate, first.handler_ms) == (100, None, 20.0)
+    later = activity.update(state(12.0, 150, 3.0))
+    assert (later.handled, later.rate, later.handler_ms) == (150, 25.0, 20.0)
+    assert activity.update(state(12.0, 150, 3.0)) == later  # no new status yet
+    idle = activity.update(state(13.0, 150, 3.0))
+    assert (idle.rate, idle.handler_ms) == (0.0, None)
+    plain = activity.update(ComponentState(fp, "online", 0.0, 1.0, 1.0, {}))
+    assert (plain.handled, plain.rate) == (None, None)
+    assert bar(25.0, 25.0) == "\u2588" * 16 and bar(None, 1.0) == "" and bar(1.0, 0.0) == ""
 
 
 @pytest.mark.parametrize("case", ["unreachable", "password", "vhost"])

@@ -42,7 +42,7 @@ from types import TracebackType
 from typing import Any
 
 from .._core.core import Core, HandlingOptions, Subscription
-from .._core.middleware import IncomingMessage
+from .._core.middleware import IncomingMessage, overrides
 from .._exceptions import ConfigurationError, PostageError
 from .._wire.envelope import build_envelope, result_content
 from .gather import gather_replies
@@ -105,6 +105,12 @@ class PresenceAnnouncer:
 
     def _extra(self) -> dict[str, Any]:
         values: dict[str, Any] = {"interval": self.interval}
+        for mw in self.core.middleware:  # e.g. the telemetry's handled messages
+            if overrides(mw, "presence_info"):
+                try:
+                    values.update(mw.presence_info())
+                except Exception:
+                    log.exception("presence_info of %r failed", mw)
         if self._info is not None:
             try:
                 values.update(self._info())

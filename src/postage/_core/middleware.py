@@ -138,6 +138,11 @@ class Middleware:
     def attached(self, core: Any) -> None:
         """Told of each connection (a ``Core``) this middleware is installed on."""
 
+    def presence_info(self) -> dict[str, Any]:
+        """Values added to the component's presence status messages (what ``postage
+        monitor`` shows of it), JSON-ready."""
+        return {}
+
     def settled(self, message: IncomingMessage, outcome: str) -> None:
         """``message`` is done with: ``outcome`` is ``"acked"``, ``"retried"``,
         ``"dead-lettered"``, ``"requeued"`` (given back to the broker) or ``"failed"``

@@ -82,6 +82,8 @@ class TelemetryMiddleware(Middleware):
         meter = metrics.get_meter("postage", __version__, meter_provider=meter_provider)
         self.component = component or _component()
         self._cores: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._handled = 0  # totals for the presence status (postage monitor)
+        self._handler_seconds = 0.0
         counter, histogram = meter.create_counter, meter.create_histogram
         message = "{message}"
         self.sent_messages = counter("messaging.client.sent.messages", message,
@@ -112,6 +114,12 @@ class TelemetryMiddleware(Middleware):
 
     def attached(self, core: Any) -> None:
         self._cores.add(core)
+
+    def presence_info(self) -> dict[str, Any]:
+        """Messages handled and the time spent on them, so far (``postage monitor``
+        turns two of these into a rate and a mean handler time)."""
+        return {"messages_handled": self._handled,
+                "handler_seconds": round(self._handler_seconds, 6)}
 
     def _reconnections(self, _options: CallbackOptions) -> Iterable[Observation]:
         total = sum(getattr(c.transport, "reconnections", 0) for c in list(self._cores))
@@ -268,7 +276,10 @@ class TelemetryMiddleware(Middleware):
         if outcome == "acked":
             self.acked_messages.add(1, metric)
         if started is not None:
-            self.process_duration.record(time.perf_counter() - started, metric)
+            took = time.perf_counter() - started
+            self.process_duration.record(took, metric)
+            self._handled += 1
+            self._handler_seconds += took
         if span is not None:
             span.set_attribute("postage.outcome", outcome)
             span.end()

@@ -14,6 +14,12 @@ GenericApplications (``name``, ``name@host``, ``pid@host``, ``name#group``) and 
 ``--queue`` ones, with depth and consumers; the rates are then computed from the depth
 change between two refreshes (``-`` at first).
 
+Components instrumented with OpenTelemetry (``postage.opentelemetry``) report the messages
+they handled and the time spent on them in their presence status: the components table
+shows the total (HANDLED), the rate between two of their status messages (MSG/S, with a
+bar) and the mean handler time (HANDLER MS); ``-`` for a component that is not
+instrumented.
+
 The view refreshes in place every ``--interval`` seconds until Ctrl-C; ``--once`` prints
 one snapshot (plain text) and exits.
 """
@@ -184,6 +190,7 @@ class Monitor:
             None if args.no_management else Management.for_url(url, args.management_url))
         self.source = "AMQP"
         self._previous: dict[str, tuple[float, int]] = {}
+        self._activity = Activity()
 
     async def queues(self) -> list[QueueFigures]:
         if self.management is not None:
@@ -223,9 +230,12 @@ class Monitor:
                      f"queues from {self.source}", style="bold")
         style = box.SIMPLE if self.args.once else box.ROUNDED
         comps = Table(title="components", title_justify="left", expand=False, box=style)
-        for column in ("NAME", "TYPE", "PID", "HOST", "GROUPS", "STATUS", "LAST SEEN"):
+        for column in ("NAME", "TYPE", "PID", "HOST", "GROUPS", "STATUS", "LAST SEEN",
+                       "HANDLED", "MSG/S", "HANDLER MS", ""):
             comps.add_column(column)
-        for state in states:
+        figures = [self._activity.update(state) for state in states]
+        top = max((f.rate or 0.0 for f in figures), default=0.0)
+        for state, fig in zip(states, figures, strict=True):
             fp = state.fingerprint
             status = "DEAD" if state.dead(now) else state.status
             if status == "heartbeat":
@@ -235,6 +245,8 @@ class Monitor:
                           str(fp.get("host")),
                           ",".join(map(str, groups)) if isinstance(groups, list) else "",
                           status, f"{state.age(now):.1f}s ago",
+                          "-" if fig.handled is None else str(fig.handled), _fmt(fig.rate),
+                          _fmt(fig.handler_ms), bar(fig.rate, top),
                           style="red" if status == "DEAD" else None)
         table = Table(title="queues", title_justify="left", expand=False, box=style)
         for column in ("QUEUE", "MESSAGES", "CONSUMERS", "IN/S", "OUT/S"):
@@ -249,6 +261,57 @@ class Monitor:
 
 def _fmt(rate: float | None) -> str:
     return "-" if rate is None else f"{rate:.1f}"
+
+
+BAR_WIDTH = 16
+_EIGHTHS = " \u258f\u258e\u258d\u258c\u258b\u258a\u2589"  # 0/8 to 7/8 of a block
+
+
+def bar(value: float | None, top: float, width: int = BAR_WIDTH) -> str:
+    """``value`` as a bar of eighths of a block, ``top`` filling ``width`` blocks."""
+    if value is None or top <= 0:
+        return ""
+    eighths = round(max(0.0, min(value / top, 1.0)) * width * 8)
+    full, rest = divmod(eighths, 8)
+    return "\u2588" * full + _EIGHTHS[rest].strip()
+
+
+@dataclass
+class ActivityFigures:
+    handled: int | None = None
+    rate: float | None = None  # messages per second between two status messages
+    handler_ms: float | None = None
+
+
+class Activity:
+    """Rates and handler times of instrumented components, from the totals their status
+    messages carry (``messages_handled``, ``handler_seconds``)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, ...], tuple[float, int, float]] = {}
+        self._last: dict[tuple[str, ...], ActivityFigures] = {}
+
+    def update(self, state: ComponentState) -> ActivityFigures:
+        handled, seconds = (state.info.get("messages_handled"),
+                            state.info.get("handler_seconds"))
+        if not isinstance(handled, int) or not isinstance(seconds, int | float):
+            return ActivityFigures()
+        key = state.key
+        before = self._seen.get(key)
+        last = self._last.get(key)
+        if before is not None and state.last_seen > before[0] and handled >= before[1]:
+            count = handled - before[1]
+            figures = ActivityFigures(
+                handled, count / (state.last_seen - before[0]),
+                (seconds - before[2]) / count * 1000 if count else None)
+        elif before is not None and last is not None and state.last_seen == before[0]:
+            return last  # no new status since: the same figures
+        else:  # first sight: the mean over the component's life so far
+            figures = ActivityFigures(handled, None,
+                                      seconds / handled * 1000 if handled else None)
+        self._seen[key] = (state.last_seen, handled, float(seconds))
+        self._last[key] = figures
+        return figures
 
 
 def run(args: argparse.Namespace) -> int:
