@@ -23,6 +23,8 @@ from __future__ import annotations
 __all__ = ["PostageInstrumentor", "TelemetryMiddleware", "bounded_name"]
 
 import asyncio
+import collections
+import functools
 import os
 import re
 import sys
@@ -52,12 +54,23 @@ from postage._core.middleware import (
 from postage._exceptions import Unroutable
 
 SYSTEM = "rabbitmq"
+_COUNTERS = (
+    ("messaging.client.sent.messages", "Messages sent (confirmed)"),
+    ("messaging.client.consumed.messages", "Messages received"),
+    ("postage.messages.acked", "Messages handled and acked"),
+    ("postage.messages.retried", "Messages sent back for another attempt"),
+    ("postage.messages.dead_lettered", "Messages moved to <queue>.dlq"),
+    ("postage.messages.unroutable", "Mandatory messages no queue took"),
+)
+_ATTRIBUTE_NAMES = ("messaging.system", "messaging.operation.name",
+                    "messaging.destination.name", "postage.component", "error.type")
 _SPAN_KEY = "postage.otel.span"
 _STARTED_KEY = "postage.otel.started"
 _RANDOM_WORD = re.compile(r"^(?=.*\d)[0-9a-fA-F_-]{12,}$|^[0-9a-fA-F]{32}$|^\d+$")
 _PID_AT = re.compile(r"^\d+@")
 
 
+@functools.lru_cache(maxsize=4096)
 def bounded_name(name: str) -> str:
     """``name`` with its random words (hex ids, uuids, pids) folded into ``{id}``: the
     metric attribute of a destination, so that private queues do not make new series."""
@@ -84,20 +97,15 @@ class TelemetryMiddleware(Middleware):
         self._cores: weakref.WeakSet[Any] = weakref.WeakSet()
         self._handled = 0  # totals for the presence status (postage monitor)
         self._handler_seconds = 0.0
-        counter, histogram = meter.create_counter, meter.create_histogram
-        message = "{message}"
-        self.sent_messages = counter("messaging.client.sent.messages", message,
-                                     "Messages sent (confirmed)")
-        self.received_messages = counter("messaging.client.consumed.messages", message,
-                                         "Messages received")
-        self.acked_messages = counter("postage.messages.acked", message,
-                                      "Messages handled and acked")
-        self.retried_messages = counter("postage.messages.retried", message,
-                                        "Messages sent back for another attempt")
-        self.dead_messages = counter("postage.messages.dead_lettered", message,
-                                     "Messages moved to <queue>.dlq")
-        self.unroutable_messages = counter("postage.messages.unroutable", message,
-                                           "Mandatory messages no queue took")
+        # Counts are tallied here (a dict increment per message) and read by the SDK when
+        # it collects: recording each one through the SDK costs more than the publish.
+        self._tallies: dict[str, collections.Counter[tuple[str, ...]]] = {}
+        for name, description in _COUNTERS:
+            tally: collections.Counter[tuple[str, ...]] = collections.Counter()
+            self._tallies[name] = tally
+            meter.create_observable_counter(name, [self._observer(tally)], "{message}",
+                                            description)
+        histogram = meter.create_histogram
         self.publish_duration = histogram("messaging.client.operation.duration", "s",
                                           "Publish until the broker confirmed")
         self.process_duration = histogram("messaging.process.duration", "s",
@@ -129,9 +137,26 @@ class TelemetryMiddleware(Middleware):
     # -- attributes -------------------------------------------------------------------
 
     def _metric_attributes(self, destination: str, operation: str) -> dict[str, str]:
-        return {"messaging.system": SYSTEM, "messaging.operation.name": operation,
-                "messaging.destination.name": bounded_name(destination),
-                "postage.component": self.component}
+        return self._attributes(destination, operation, "")
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one middleware per instrumentation
+    def _attributes(self, destination: str, operation: str, error: str) -> dict[str, str]:
+        """The (cached, shared: never change it) attributes of a metric point."""
+        attributes = {"messaging.system": SYSTEM, "messaging.operation.name": operation,
+                      "messaging.destination.name": bounded_name(destination),
+                      "postage.component": self.component}
+        if error:
+            attributes["error.type"] = error
+        return attributes
+
+    def _count(self, name: str, destination: str, operation: str, error: str = "") -> None:
+        self._tallies[name][(destination, operation, error)] += 1
+
+    def _observer(self, tally: collections.Counter[tuple[str, ...]]) -> Any:
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            for (destination, operation, error), count in list(tally.items()):
+                yield Observation(count, self._attributes(destination, operation, error))
+        return observe
 
     @staticmethod
     def _span_attributes(destination: str, routing_key: str, operation: str,
@@ -164,24 +189,30 @@ class TelemetryMiddleware(Middleware):
         destination = message.exchange or message.routing_key
         attributes = self._span_attributes(destination, message.routing_key, operation,
                                            "send", message.properties, len(message.body))
-        metric = self._metric_attributes(destination, operation)
         started = time.perf_counter()
-        with self.tracer.start_as_current_span(
-                f"{operation} {bounded_name(destination)}",
-                context=parent,
-                kind=SpanKind.PRODUCER, attributes=attributes, record_exception=True) as span:
-            propagate.inject(message.headers)  # the publish span is the receiver's parent
-            try:
-                await call_next(message)
-            except Unroutable:
-                self.unroutable_messages.add(1, metric)
+        # not made current: nothing runs under it but the publish, and attaching a
+        # context costs as much as the span
+        span = self.tracer.start_span(
+            f"{operation} {bounded_name(destination)}", context=parent,
+            kind=SpanKind.PRODUCER, attributes=attributes)
+        propagate.inject(message.headers, context=trace.set_span_in_context(span, parent))
+        try:
+            await call_next(message)
+        except BaseException as exc:
+            if isinstance(exc, Unroutable):
+                self._count("postage.messages.unroutable", destination, operation)
                 span.set_status(Status(StatusCode.ERROR, "unroutable"))
-                raise
-            except Exception as exc:
-                self.sent_messages.add(1, {**metric, "error.type": type(exc).__name__})
-                raise
-        self.sent_messages.add(1, metric)
-        self.publish_duration.record(time.perf_counter() - started, metric)
+            else:
+                self._count("messaging.client.sent.messages", destination, operation,
+                            type(exc).__name__)
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            span.end()
+            raise
+        span.end()
+        self._count("messaging.client.sent.messages", destination, operation)
+        self.publish_duration.record(time.perf_counter() - started,
+                                     self._attributes(destination, operation, ""))
 
     async def _request(self, message: OutgoingMessage, call_next: PublishNext) -> None:
         """A CLIENT span from the request to its reply (ended when the reply future is),
@@ -244,7 +275,7 @@ class TelemetryMiddleware(Middleware):
         state = message.state
         state[_SPAN_KEY] = span
         state[_STARTED_KEY] = time.perf_counter()
-        self.received_messages.add(1, self._metric_attributes(message.queue, "process"))
+        self._count("messaging.client.consumed.messages", message.queue, "process")
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
             return await call_next(message)
@@ -260,13 +291,13 @@ class TelemetryMiddleware(Middleware):
         if span is not None:
             span.add_event("retry", {"postage.error": error,
                                      "messaging.rabbitmq.message.attempt": message.attempt})
-        self.retried_messages.add(1, self._metric_attributes(message.queue, "process"))
+        self._count("postage.messages.retried", message.queue, "process")
 
     async def dead_lettered(self, message: IncomingMessage, reason: str, error: str) -> None:
         span = message.state.get(_SPAN_KEY)
         if span is not None:
             span.add_event("dead-lettered", {"postage.reason": reason, "postage.error": error})
-        self.dead_messages.add(1, self._metric_attributes(message.queue, "process"))
+        self._count("postage.messages.dead_lettered", message.queue, "process")
 
     def settled(self, message: IncomingMessage, outcome: str) -> None:
         state = message.state
@@ -274,7 +305,7 @@ class TelemetryMiddleware(Middleware):
         started = state.pop(_STARTED_KEY, None)
         metric = self._metric_attributes(message.queue, "process")
         if outcome == "acked":
-            self.acked_messages.add(1, metric)
+            self._count("postage.messages.acked", message.queue, "process")
         if started is not None:
             took = time.perf_counter() - started
             self.process_duration.record(took, metric)
