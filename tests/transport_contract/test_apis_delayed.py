@@ -35,6 +35,13 @@ def broker(clock: ManualClock) -> Iterator[MemoryBroker]:
     forget_broker(broker)
 
 
+def until(check: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
 async def _advance(clock: ManualClock, seconds: float, until: Any, timeout: float = 5) -> None:
     """Move the clock on, then let the event loop deliver, until ``until()`` holds."""
     clock.advance(seconds)
@@ -92,8 +99,8 @@ async def test_task_retries_back_off_on_the_connection_policy(broker: MemoryBrok
                                    task_queue=f"t-{uuid.uuid4().hex[:6]}") as comm:
         await comm.add_task_subscriber(flaky)
         result = await comm.task_send("job")
-        await _advance(clock, 0, lambda: len(tries) == 1)
-        await _advance(clock, 10, lambda: len(tries) == 2)
+        await _advance(clock, 0, lambda: len(tries) == 1 and broker.delayed_count() == 1)
+        await _advance(clock, 10, lambda: len(tries) == 2 and broker.delayed_count() == 1)
         await _advance(clock, 30, lambda: len(tries) == 3)
         assert await asyncio.wait_for(result, 5) == "ok"
     assert tries == [0, 10, 40]
@@ -117,3 +124,33 @@ def test_classic_producer_sends_later(broker: MemoryBroker, clock: ManualClock,
             assert isinstance(producer.rpc_echo("x", _delay=0.0), messaging.MessageResult)
     finally:
         _runtime.close_all()
+
+
+def test_classic_processor_retries_with_back_off(broker: MemoryBroker, clock: ManualClock,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSTAGE_URL", broker.url)
+    exchange = exchange_cls(uuid.uuid4().hex[:8])
+    tries: list[float] = []
+
+    class Flaky(messaging.MessageProcessor):
+        retry_policy = RetryPolicy(max_attempts=3, delay=30, multiplier=2, jitter=0)
+
+        @messaging.MessageHandler("command", "work")
+        def msg_work(self, content: Any) -> None:
+            tries.append(clock.now())
+            if len(tries) < 3:
+                raise ConnectionError("the printer is off")
+
+    processor = Flaky({"name": "flaky"}, [(exchange, [("classic-flaky", "rk")])], None, None)
+    try:
+        with running(processor):
+            producer_for(exchange).message_work("print")
+            until(lambda: len(tries) == 1 and broker.delayed_count() == 1)  # sent back to wait
+            clock.advance(30)
+            until(lambda: len(tries) == 2 and broker.delayed_count() == 1)
+            clock.advance(60)
+            until(lambda: len(tries) == 3)
+    finally:
+        _runtime.close_all()
+    assert tries == [0, 30, 90]
+    assert broker.message_count("classic-flaky.dlq") == 0

@@ -61,7 +61,7 @@ class GenericConsumer:
     hup: Any = None
     eqk: Sequence[Any] = []
     prefetch_count: ClassVar[int] = 1
-    retry_policy: ClassVar[RetryPolicy] = RetryPolicy(max_attempts=1)
+    retry_policy: RetryPolicy = RetryPolicy(max_attempts=1)
     operation_timeout: ClassVar[float] = 30.0
     # Safe decoding: content types read besides the encoder's own (none by default),
     # and the body size limit (None: the connection's ``max_message_size``).

@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..._core.inbound import RetryPolicy
 from ..._core.middleware import IncomingMessage
 from ..._exceptions import ConfigurationError
 from ..._transport import Delivery
@@ -179,6 +180,9 @@ class MessageProcessor(MicroThread):
     # The exception reply of a failed RPC handler carries the traceback and the
     # processor's fingerprint (opt-in: they disclose paths, pid, host and user).
     error_details: ClassVar[bool] = False
+    # What happens to a message whose handler raised (see RetryPolicy); None: the
+    # consumer class's (one attempt, then <queue>.dlq).
+    retry_policy: ClassVar[RetryPolicy | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -189,6 +193,8 @@ class MessageProcessor(MicroThread):
         super().__init__()
         self.fingerprint = fingerprint
         self.consumer = self.consumer_class(eqk, hup, vhost)
+        if self.retry_policy is not None:
+            self.consumer.retry_policy = self.retry_policy
         self._stop_event = threading.Event()
         self._stop_reason: str | None = None
         self._lock: asyncio.Lock | None = None

@@ -248,6 +248,13 @@ class BrokerState:
         with self._lock:
             return len(self._require_queue(queue).ready)
 
+    def delayed_count(self) -> int:
+        """Messages waiting out a delay (a delayed publish, or a retry with back-off, once
+        it was sent back): move ``clock`` on to deliver them."""
+        with self._lock:
+            return sum(len(q.ready) for name, q in self._queues.items()
+                       if name.startswith("postage.delay.") and name.endswith(".queue"))
+
     def unacked_count(self, queue: str) -> int:
         with self._lock:
             q = self._require_queue(queue)
