@@ -68,13 +68,8 @@ class Outbound:
         check_name("exchange name", exchange)
         check_name("routing key", routing_key)
         if self._chain is None:
-            if Delays.wanted(delay):
-                assert delay is not None
-                await self.delays.publish(delay, exchange, routing_key, body, properties,
-                                          mandatory=mandatory, timeout=timeout)
-                return
-            await self.transport.publish(exchange, routing_key, body, properties,
-                                         mandatory=mandatory, timeout=timeout)
+            await self._deliver(exchange, routing_key, body, properties, mandatory, timeout,
+                                delay)
             return
         props = replace(properties) if properties is not None else Properties()
         if props.headers is not None:
@@ -84,15 +79,20 @@ class Outbound:
 
     async def _send(self, message: OutgoingMessage) -> None:
         self.check_size(message.body)
-        if Delays.wanted(message.delay):
-            assert message.delay is not None
-            await self.delays.publish(
-                message.delay, message.exchange, message.routing_key, message.body,
-                message.properties, mandatory=message.mandatory, timeout=message.timeout)
+        await self._deliver(message.exchange, message.routing_key, message.body,
+                            message.properties, message.mandatory, message.timeout,
+                            message.delay)
+
+    async def _deliver(self, exchange: str, routing_key: str, body: bytes,
+                       properties: Properties | None, mandatory: bool,
+                       timeout: float | None, delay: float | None) -> None:
+        """The confirmed publish itself: through the delay queues when ``delay`` asks."""
+        if delay is not None and Delays.wanted(delay):
+            await self.delays.publish(delay, exchange, routing_key, body, properties,
+                                      mandatory=mandatory, timeout=timeout)
             return
-        await self.transport.publish(
-            message.exchange, message.routing_key, message.body, message.properties,
-            mandatory=message.mandatory, timeout=message.timeout)
+        await self.transport.publish(exchange, routing_key, body, properties,
+                                     mandatory=mandatory, timeout=timeout)
 
     async def reply(self, reply_to: str, body: bytes, props: Properties,
                     request: IncomingMessage | None) -> bool:
@@ -126,12 +126,7 @@ class Outbound:
         """Publish a received message again to the end of ``queue`` (a retry), confirmed,
         through the default exchange, ``delay`` seconds later; not through the middleware
         (it is not a new message: middleware hears of it through ``retried``)."""
-        if Delays.wanted(delay):
-            assert delay is not None
-            await self.delays.publish(delay, "", queue, body, props, mandatory=True,
-                                      timeout=None)
-            return
-        await self.transport.publish("", queue, body, props, mandatory=True)
+        await self._deliver("", queue, body, props, True, None, delay)
 
     async def ensure_dlq(self, dlq: str) -> None:
         """Declare ``dlq`` (durable; a quorum queue when its source queue is one)."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from postage._api.deadletters import DeadLetter, Where, peek, purge, replay, summary
 from postage._exceptions import ConfigurationError, NotFound
 
-from .common import add_url, connect, format_table, run, url_of
+from .common import add_url, connect, format_table, run, settings_of
 from .monitor import Management
 
 if TYPE_CHECKING:
@@ -80,11 +80,7 @@ def _print_json(value: Any) -> None:
 def _dead_letter_queues(args: argparse.Namespace) -> list[str]:
     if args.queues:
         return list(args.queues)
-    url = url_of(args) or ""
-    from postage._settings import ConnectionSettings
-
-    management = Management.for_url(ConnectionSettings.from_url(url or None).urls[0],
-                                    args.management_url)
+    management = Management.for_url(settings_of(args).urls[0], args.management_url)
     if management is None:
         raise ConfigurationError(
             "AMQP cannot list queues: name the dead-letter queues (postage dlq list "
