@@ -235,6 +235,11 @@ class Core:
         itself (tools that move messages, such as a dead-letter replay)."""
         return await self.transport.consume(queue, callback, prefetch_count=prefetch_count)
 
+    async def get(self, queue: str, *, timeout: float = 30.0) -> Delivery | None:
+        """Take the oldest ready message of ``queue`` (None if it has none), outside the
+        pipeline: the caller settles it (pull consumption)."""
+        return await self.transport.get(queue, timeout=timeout)
+
     async def resend(self, exchange: str, routing_key: str, body: bytes,
                      properties: Properties | None, *, timeout: float | None = None) -> None:
         """Publish a message again, confirmed and mandatory, not through the middleware

@@ -366,6 +366,17 @@ class Transport(abc.ABC):
         """Consume ``queue``; each message is handled in a task of its own."""
 
     @abc.abstractmethod
+    async def get(self, queue: str, *, timeout: float = 30.0) -> Delivery | None:
+        """Take the oldest ready message of ``queue`` (basic.get), or None if there is
+        none. The delivery must be settled; it goes back to the queue if the connection
+        is lost first."""
+
+    @property
+    def server_properties(self) -> dict[str, Any]:
+        """What the broker said about itself when the connection opened."""
+        return {}
+
+    @abc.abstractmethod
     async def consume_replies(self, callback: DeliveryCallback) -> None:
         """Receive direct reply-to replies (``reply_to = amq.rabbitmq.reply-to``)."""
 

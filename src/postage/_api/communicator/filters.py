@@ -43,6 +43,9 @@ class BroadcastFilter:
 
     __slots__ = ("_sender_filters", "_subject_filters", "subscriber")
 
+    # how one filter value becomes a predicate (``postage.kiwipy`` keeps kiwiPy's rules)
+    _matcher: Callable[[Any], Matcher] = staticmethod(compile_filter)
+
     def __init__(self, subscriber: Callable[..., Any], subject: Any = None,
                  sender: Any = None) -> None:
         if not callable(subscriber):
@@ -57,11 +60,11 @@ class BroadcastFilter:
 
     def add_subject_filter(self, subject_filter: Any) -> None:
         """Also accept broadcasts whose subject matches ``subject_filter``."""
-        self._subject_filters.append(compile_filter(subject_filter))
+        self._subject_filters.append(self._matcher(subject_filter))
 
     def add_sender_filter(self, sender_filter: Any) -> None:
         """Also accept broadcasts whose sender matches ``sender_filter``."""
-        self._sender_filters.append(compile_filter(sender_filter))
+        self._sender_filters.append(self._matcher(sender_filter))
 
     def is_filtered(self, sender: Any, subject: Any) -> bool:
         """True if the broadcast must NOT reach the subscriber."""

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from aiormq import exceptions as amqp_errors
+from pamqp import commands as spec
 
 from ..._exceptions import (
     AuthenticationError,
@@ -39,9 +40,9 @@ from ..._exceptions import (
 )
 from ..._settings import ConnectionSettings, redact_url
 from ..._wire.properties import Binding, ExchangeSpec, QueueSpec
-from ..base import Consumer, DeliveryCallback
+from ..base import Consumer, Delivery, DeliveryCallback
 from .connect import open_connection
-from .consumer import AmqpConsumer
+from .consumer import AmqpConsumer, AmqpDelivery
 from .errors import is_link_failure, translate_error
 from .flow import watch_flow
 from .headers import install as install_headers_guard
@@ -78,6 +79,7 @@ class AmqpTransport(AmqpPublisher):
     def __init__(self, settings: ConnectionSettings) -> None:
         super().__init__(settings)
         self._control: Any = None
+        self._getter: Any = None  # the channel of basic.get deliveries
         self._supervisor: asyncio.Task[None] | None = None
         self._control_lock = asyncio.Lock()
 
@@ -385,6 +387,26 @@ class AmqpTransport(AmqpPublisher):
             raise translate_error(exc) from None
         self._consumers[consumer.tag] = consumer
         return consumer
+
+    async def get(self, queue: str, *, timeout: float = 30.0) -> Delivery | None:
+        """basic.get on a channel kept for it (its deliveries are settled there)."""
+        async def take(_control: Any) -> Delivery | None:
+            channel = self._getter
+            if channel is None or channel.is_closed:
+                channel = self._getter = await self._connection.channel(
+                    publisher_confirms=False)
+            message = await channel.basic_get(queue, no_ack=False)
+            if isinstance(message.delivery, spec.Basic.GetEmpty):
+                return None
+            return AmqpDelivery(message, channel, False)
+
+        return await self._control_call(take, timeout)
+
+    @property
+    def server_properties(self) -> dict[str, Any]:
+        connection = self._connection
+        props = getattr(connection, "server_properties", None) if connection else None
+        return dict(props or {})
 
     async def _declare_again(self, queue: str) -> None:
         await self._control_call(

@@ -93,6 +93,9 @@ class MemoryBroker(Routing):
                 if isinstance(consumer, MemoryConsumer):
                     self._remove_consumer(consumer)
                     consumer._close_channel()
+            if transport._getter is not None:
+                transport._getter._close_channel()
+                transport._getter = None
             if transport._reply_address is not None:
                 self._replies.pop(transport._reply_address, None)
                 transport._reply_address = None
@@ -442,8 +445,19 @@ class MemoryBroker(Routing):
                     self._requeue(q, delivery._message)
                 else:
                     self._dead_letter(q, delivery._message, "rejected")
-            if consumer._queue_obj is not None:
-                self._dispatch(consumer._queue_obj)
+            target = consumer._queue_obj if consumer._queue_obj is not None else q
+            if self._queues.get(target.spec.name) is target:
+                self._dispatch(target)
+
+    def take(self, queue: str, getter: MemoryConsumer) -> MemoryDelivery | None:
+        """basic.get: the oldest ready message of ``queue``, unacked on ``getter``."""
+        with self._lock:
+            q = self._require_queue(queue)
+            self._check_owner(q, getter._transport)
+            self._expire(q)
+            if not q.ready:
+                return None
+            return getter._hold(q, q.ready.popleft())
 
     def release(self, consumer: MemoryConsumer) -> None:
         """The consumer's channel closed: its unsettled messages go back to their queues."""

@@ -87,6 +87,10 @@ class MemoryDelivery(Delivery):
         return True
 
 
+async def _no_callback(_delivery: Delivery) -> None:  # the getter receives nothing
+    return None
+
+
 class MemoryConsumer(Consumer):
     """A consumer of a memory queue (the interface of the real Consumer)."""
 
@@ -110,12 +114,16 @@ class MemoryConsumer(Consumer):
         return self.active and (not self.prefetch_count
                                 or len(self._unacked) < self.prefetch_count)
 
-    def _deliver(self, q: _Queue, message: _Message) -> None:
-        """Called by the broker (under its lock): schedule the callback for ``message``."""
+    def _hold(self, q: _Queue, message: _Message) -> MemoryDelivery:
+        """A delivery of ``message`` on this consumer's channel (unacked until settled)."""
         delivery = MemoryDelivery(message, q, self, next(self._tags), self.tag, self.no_ack)
         if not self.no_ack:
             self._unacked[delivery.delivery_tag] = delivery
-        self._transport._schedule(functools.partial(self._run, delivery))
+        return delivery
+
+    def _deliver(self, q: _Queue, message: _Message) -> None:
+        """Called by the broker (under its lock): schedule the callback for ``message``."""
+        self._transport._schedule(functools.partial(self._run, self._hold(q, message)))
 
     def _run(self, delivery: MemoryDelivery) -> None:
         if delivery._channel is None or delivery._channel.closed:
@@ -165,6 +173,8 @@ class MemoryTransport(Transport):
         self._connection_id = 0
         self._reply_address: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # the channel of basic.get deliveries (``get``), opened on first use
+        self._getter: MemoryConsumer | None = None
 
     @classmethod
     def for_settings(cls, settings: ConnectionSettings) -> MemoryTransport:
@@ -365,6 +375,21 @@ class MemoryTransport(Transport):
 
     async def _start_again(self, consumer: Consumer) -> None:
         await consumer._start(None)
+
+    async def get(self, queue: str, *, timeout: float = 30.0) -> Delivery | None:
+        await self._ready_or_raise()
+        getter = self._getter
+        if getter is None:
+            getter = self._getter = MemoryConsumer(
+                self, "", _no_callback, prefetch_count=0, no_ack=False, exclusive=False,
+                arguments=None)
+            getter.channel = _Channel()
+        return self._broker.take(queue, getter)
+
+    @property
+    def server_properties(self) -> dict[str, Any]:
+        return {"product": "Postage memory broker", "version": "", "platform": "Python",
+                "capabilities": {"publisher_confirms": True}}
 
     async def consume_replies(self, callback: DeliveryCallback) -> None:
         """Receive direct reply-to replies (``reply_to = amq.rabbitmq.reply-to``)."""

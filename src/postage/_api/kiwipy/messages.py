@@ -1,0 +1,255 @@
+"""What the kiwiPy communicator's parts share: the codec, calling subscribers (and their
+futures), the publisher with a reply queue, and the replies of subscriptions."""
+
+from __future__ import annotations
+
+__all__ = ["Cancelled", "Codec", "PublisherWithReplyQueue", "YamlReplies", "call_subscriber",
+           "settle", "was_cancelled"]
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ..._core.middleware import IncomingMessage
+from ..._exceptions import (
+    DecodingError,
+    EncodingError,
+    PostageError,
+    PublishNacked,
+    Reject,
+    Unroutable,
+)
+from ..._transport import Delivery
+from ..._wire import kiwipy as wire
+from ..._wire.properties import PERSISTENT, Properties
+from .errors import RemoteException, TaskRejected, UnroutableError
+
+if TYPE_CHECKING:
+    from ..._core.core import Core
+
+log = logging.getLogger("postage.kiwipy")
+
+Encoder = Callable[[Any], Any]
+Decoder = Callable[[bytes], Any]
+
+
+class Codec:
+    """The user's ``encoder``/``decoder`` (kiwiPy's arguments), with Postage's errors."""
+
+    def __init__(self, encoder: Encoder | None, decoder: Decoder | None) -> None:
+        self._encode = encoder or wire.yaml_encode
+        self._decode = decoder or wire.yaml_decode
+
+    def encode(self, value: Any) -> bytes:
+        try:
+            body = self._encode(value)
+        except PostageError:
+            raise
+        except Exception as exc:
+            raise EncodingError(f"the encoder failed: {type(exc).__name__}: {exc}") from None
+        return body.encode() if isinstance(body, str) else bytes(body)
+
+    def decode(self, body: bytes) -> Any:
+        try:
+            return self._decode(body)
+        except PostageError:
+            raise
+        except Exception as exc:
+            raise DecodingError(f"the decoder failed: {type(exc).__name__}: {exc}") from None
+
+
+def is_future(value: Any) -> bool:
+    return asyncio.isfuture(value) or isinstance(value, concurrent.futures.Future)
+
+
+async def call_subscriber(subscriber: Callable[..., Any], args: tuple[Any, ...],
+                          core: Core, in_thread: bool) -> Any:
+    """Call ``subscriber(*args)``: ``async def`` on the loop; a plain function in a worker
+    thread with ``in_thread`` (a blocking communicator's), else on the loop (kiwiPy's
+    asyncio communicator does so). A returned coroutine is awaited; a future is returned
+    as it is (see :func:`settle`)."""
+    if in_thread and not _is_async(subscriber):
+        result = await core.run_sync(subscriber, *args)
+    else:
+        result = subscriber(*args)
+    if inspect.iscoroutine(result):
+        result = await result
+    return result
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    call = getattr(fn, "__call__", None)  # noqa: B004 - an object with async __call__
+    return inspect.iscoroutinefunction(fn) or (
+        call is not None and inspect.iscoroutinefunction(call))
+
+
+async def settle(result: Any, pending: Callable[[], Awaitable[None]] | None) -> Any:
+    """The final value of a subscriber's result: while it is a future (asyncio or
+    concurrent), tell the caller it is pending (``pending``) and wait for it."""
+    while is_future(result):
+        if pending is not None:
+            await pending()
+        awaited = result if asyncio.isfuture(result) else asyncio.wrap_future(result)
+        result = await awaited
+    return result
+
+
+def was_cancelled() -> bool:
+    """True if the running task itself is being cancelled (not a future it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def original(exc: BaseException) -> BaseException:
+    """The subscriber's exception behind a ``Reject`` raised for it."""
+    if isinstance(exc, Reject) and exc.__cause__ is not None:
+        return exc.__cause__
+    return exc
+
+
+class YamlReplies:
+    """Responses of RPC and task subscribers, in kiwiPy's form (``host`` on tasks); none
+    for a task sent with ``no_reply``."""
+
+    content_type: str | None = None
+
+    def __init__(self, codec: Codec, *, host: bool) -> None:
+        self._codec = codec
+        self._host = host
+
+    def body(self, response: dict[str, Any]) -> bytes:
+        if self._host:
+            response[wire.HOST_KEY] = wire.host_info()
+        return self._codec.encode(response)
+
+    def result(self, message: IncomingMessage, value: Any) -> bytes | None:
+        if message.state.get("no_reply"):
+            return None
+        if isinstance(value, Cancelled):
+            return self.body(wire.cancelled_response(value.message))
+        return self.body(wire.result_response(value))
+
+    def error(self, message: IncomingMessage, exc: BaseException) -> bytes | None:
+        if message.state.get("no_reply"):
+            return None
+        return self.body(wire.exception_response(original(exc)))
+
+
+class Cancelled:
+    """What a subscriber whose future was cancelled answers (``{cancelled: message}``)."""
+
+    def __init__(self, message: str | None) -> None:
+        self.message = message
+
+
+def translate_publish_error(exc: PostageError) -> PostageError:
+    """kiwiPy's exception for a failed publish."""
+    if isinstance(exc, Unroutable):
+        return UnroutableError(str(exc))
+    if isinstance(exc, PublishNacked):
+        return TaskRejected(str(exc))
+    return exc
+
+
+class PublisherWithReplyQueue:
+    """Publishes on one exchange and waits for responses on a reply queue of its own
+    (``<exchange>-reply-<uuid>``, exclusive, bound to the exchange under its name).
+
+    A response ``{pending: ...}`` resolves the caller's future to a new future, which the
+    next response with that correlation id resolves (kiwiPy's nested futures). A future
+    the caller cancels is forgotten.
+    """
+
+    def __init__(self, core: Core, exchange: str, codec: Codec, *, testing_mode: bool) -> None:
+        self.core = core
+        self.exchange = exchange
+        self.codec = codec
+        self.testing_mode = testing_mode
+        self.reply_queue = ""
+        self._awaiting: dict[str, asyncio.Future[Any]] = {}
+        self._connected = False
+
+    async def connect(self) -> None:
+        if self._connected:
+            return
+        core = self.core
+        await core.declare_exchange(self.exchange, "topic", auto_delete=self.testing_mode)
+        name = f"{self.exchange}-reply-{uuid.uuid4()}"
+        await core.declare_queue(name, exclusive=True, auto_delete=self.testing_mode,
+                                 arguments={"x-expires": wire.REPLY_QUEUE_EXPIRES})
+        await core.bind(name, self.exchange, name)
+        await core.consume_raw(name, self._on_response)
+        self.reply_queue = name
+        self._connected = True
+
+    async def publish(self, body: bytes, routing_key: str, props: Properties, *,
+                      mandatory: bool = True) -> None:
+        try:
+            await self.core.publish(self.exchange, routing_key, body, props,
+                                    mandatory=mandatory)
+        except PostageError as exc:
+            raise translate_publish_error(exc) from None
+
+    def request_properties(self, *, persistent: bool = False) -> Properties:
+        """Properties of a request: a new correlation id, this publisher's reply queue."""
+        return Properties(correlation_id=str(uuid.uuid4()), reply_to=self.reply_queue,
+                          delivery_mode=PERSISTENT if persistent else None)
+
+    async def publish_expect_response(self, body: bytes, routing_key: str, *,
+                                      persistent: bool = False) -> asyncio.Future[Any]:
+        props = self.request_properties(persistent=persistent)
+        cid = props.correlation_id
+        assert cid is not None
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._expect(cid, future)
+        try:
+            await self.publish(body, routing_key, props)
+        except BaseException:
+            self._awaiting.pop(cid, None)
+            future.cancel()
+            raise
+        return future
+
+    def _expect(self, cid: str, future: asyncio.Future[Any]) -> None:
+        self._awaiting[cid] = future
+
+        def forget(done: asyncio.Future[Any]) -> None:
+            if done.cancelled() and self._awaiting.get(cid) is done:
+                del self._awaiting[cid]
+
+        future.add_done_callback(forget)
+
+    def fail_all(self, error: Exception) -> None:
+        """Fail every future still waiting for a response."""
+        awaiting, self._awaiting = self._awaiting, {}
+        for future in awaiting.values():
+            if not future.done():
+                future.set_exception(error)
+
+    async def _on_response(self, delivery: Delivery) -> None:
+        await delivery.ack()
+        cid = delivery.correlation_id
+        future = self._awaiting.pop(cid, None) if cid is not None else None
+        if future is None or future.done():
+            log.warning("response with unknown correlation id %r dropped", cid)
+            return
+        try:
+            response = wire.parse_response(self.codec.decode(delivery.body))
+        except PostageError as exc:
+            future.set_exception(exc)
+            return
+        if response.kind == wire.CANCELLED_KEY:
+            future.cancel()
+        elif response.kind == wire.EXCEPTION_KEY:
+            future.set_exception(RemoteException(response.value))
+        elif response.kind == wire.RESULT_KEY:
+            future.set_result(response.value)
+        else:  # pending: another response for this correlation id follows
+            following: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            assert cid is not None
+            self._expect(cid, following)
+            future.set_result(following)

@@ -1,0 +1,5 @@
+"""kiwiPy's broadcast filter (``kiwipy.filters``)."""
+
+from .._api.kiwipy.local import BroadcastFilter
+
+__all__ = ["BroadcastFilter"]

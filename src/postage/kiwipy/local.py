@@ -1,0 +1,5 @@
+"""kiwiPy's in-process communicator (``kiwipy.local``)."""
+
+from .._api.kiwipy.local import LocalCommunicator
+
+__all__ = ["LocalCommunicator"]
