@@ -231,7 +231,12 @@ class PublisherWithReplyQueue:
                 future.set_exception(error)
 
     async def _on_response(self, delivery: Delivery) -> None:
+        # Responses are resolved before the first await: each delivery runs in a task of
+        # its own, and a "pending" response must be seen before the result that follows.
+        self._resolve(delivery)
         await delivery.ack()
+
+    def _resolve(self, delivery: Delivery) -> None:
         cid = delivery.correlation_id
         future = self._awaiting.pop(cid, None) if cid is not None else None
         if future is None or future.done():

@@ -203,7 +203,7 @@ class RmqTaskSubscriber:
                 continue  # the subscriber cancelled its future: it declines the task
             except Exception as exc:
                 raise SubscriberFailed(f"{type(exc).__name__}: {exc}") from exc
-        raise TaskRejected("no task subscriber of this process accepted the task")
+        raise TaskRejected("every task subscriber of this process rejected the task")
 
     def _pending_sender(self, delivery: Delivery) -> Callable[[], Any]:
         async def pending() -> None:

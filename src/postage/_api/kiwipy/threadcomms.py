@@ -90,8 +90,13 @@ class _OnPortal:
 
     def _future(self, fn: Callable[..., Awaitable[asyncio.Future[Any] | None]], *args: Any
                 ) -> concurrent.futures.Future[Any] | None:
-        future = self._call(fn, *args)
-        return None if future is None else to_thread_future(future, self._portal.loop)
+        # the concurrent future is made on the loop thread: a callback added to an
+        # asyncio future from another thread could be lost, or run late
+        async def run() -> concurrent.futures.Future[Any] | None:
+            future = await fn(*args)
+            return None if future is None else to_thread_future(future, self._portal.loop)
+
+        return self._call(run)
 
     @contextlib.contextmanager
     def _context(self, manager: contextlib.AbstractAsyncContextManager[T]) -> Iterator[T]:

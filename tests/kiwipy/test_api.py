@@ -1,0 +1,241 @@
+"""postage.kiwipy behaves as kiwiPy 0.9 does, on RabbitMQ and on the memory broker, with
+Postage's guarantees added (dead-letter queues, safe YAML)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+import postage
+import postage.kiwipy as kiwipy
+from postage.kiwipy import rmq
+from postage.testing import forget_broker, fresh_broker
+
+
+@pytest.fixture(params=[pytest.param("rabbitmq", marks=pytest.mark.broker), "memory"])
+def url(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "rabbitmq":
+        yield request.getfixturevalue("broker_url")
+        return
+    broker = fresh_broker()
+    yield broker.url
+    forget_broker(broker)
+
+
+def exchanges() -> dict[str, str]:
+    prefix = f"kw-{uuid.uuid4().hex[:8]}"
+    return {"message_exchange": f"{prefix}.messages", "task_exchange": f"{prefix}.tasks",
+            "task_queue": f"{prefix}.queue"}
+
+
+@pytest.fixture
+async def comm(url: str) -> AsyncIterator[rmq.RmqCommunicator]:
+    communicator = await rmq.async_connect(url, **exchanges())
+    yield communicator
+    await communicator.disconnect()
+
+
+@pytest.fixture
+def thread_comm(url: str) -> Iterator[rmq.RmqThreadCommunicator]:
+    with rmq.connect(url, **exchanges()) as communicator:
+        yield communicator
+
+
+async def test_rpc_results_errors_and_unroutable(comm: rmq.RmqCommunicator) -> None:
+    await comm.add_rpc_subscriber(lambda _c, msg: {"got": msg}, "echo")
+    assert await (await comm.rpc_send("echo", (1, "a"))) == {"got": (1, "a")}
+
+    def fail(_c: Any, msg: Any) -> None:
+        raise ValueError(f"bad {msg}")
+
+    await comm.add_rpc_subscriber(fail, "fail")
+    with pytest.raises(kiwipy.RemoteException, match="bad 3") as info:
+        await (await comm.rpc_send("fail", 3))
+    assert isinstance(info.value, postage.RemoteError)
+    with pytest.raises(kiwipy.UnroutableError) as unroutable:
+        await comm.rpc_send("nobody", 1)
+    assert isinstance(unroutable.value, postage.Unroutable)
+    with pytest.raises(kiwipy.DuplicateSubscriberIdentifier):
+        await comm.add_rpc_subscriber(lambda _c, _m: None, "echo")
+    await comm.remove_rpc_subscriber("echo")
+    with pytest.raises(ValueError, match="Unknown"):
+        await comm.remove_rpc_subscriber("echo")
+    with pytest.raises(kiwipy.UnroutableError):
+        await comm.rpc_send("echo", 1)
+
+
+async def test_a_subscriber_returning_a_future_gives_a_nested_future(
+        comm: rmq.RmqCommunicator) -> None:
+    later: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    await comm.add_rpc_subscriber(lambda _c, _m: later, "later")
+    outer = await comm.rpc_send("later", None)
+    inner = await asyncio.wait_for(outer, 10)  # the "pending" response came first
+    assert asyncio.isfuture(inner) and not inner.done()
+    later.set_result(42)
+    assert await asyncio.wait_for(inner, 10) == 42
+
+    cancelled: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    await comm.add_rpc_subscriber(lambda _c, _m: cancelled, "cancelled")
+    inner = await asyncio.wait_for(await comm.rpc_send("cancelled", None), 10)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(inner, 10)
+
+
+async def test_tasks_results_rejection_and_no_reply(comm: rmq.RmqCommunicator) -> None:
+    seen: list[Any] = []
+
+    def reject(_c: Any, task: Any) -> None:
+        seen.append(("rejected", task))
+        raise kiwipy.TaskRejected("not mine")
+
+    def accept(_c: Any, task: Any) -> Any:
+        seen.append(("done", task))
+        return task * 2
+
+    await comm.add_task_subscriber(reject, "reject")
+    await comm.add_task_subscriber(accept, "accept")
+    assert await asyncio.wait_for(await comm.task_send(21), 10) == 42
+    assert await comm.task_send(5, no_reply=True) is None
+    for _ in range(100):
+        if ("done", 5) in seen:
+            break
+        await asyncio.sleep(0.05)
+    assert seen == [("rejected", 21), ("done", 21), ("rejected", 5), ("done", 5)]
+    with pytest.raises(kiwipy.DuplicateSubscriberIdentifier):
+        await comm.add_task_subscriber(accept, "accept")
+
+
+async def test_a_failing_task_answers_its_sender_and_goes_to_the_dlq(
+        comm: rmq.RmqCommunicator) -> None:
+    def fail(_c: Any, task: Any) -> None:
+        raise RuntimeError(f"cannot do {task}")
+
+    await comm.add_task_subscriber(fail)
+    with pytest.raises(kiwipy.RemoteException, match="cannot do 7"):
+        await asyncio.wait_for(await comm.task_send(7), 10)
+    dlq = f"{comm._task_queue}.dlq"
+    for _ in range(100):
+        if (await comm.core.queue_state(dlq))[0] == 1:
+            break
+        await asyncio.sleep(0.05)
+    delivery = await comm.core.get(dlq)
+    assert delivery is not None
+    assert delivery.headers["x-postage-reason"] == "handler-failed"
+    assert "cannot do 7" in delivery.headers["x-postage-error"]
+    await delivery.ack()
+
+
+async def test_a_task_every_subscriber_rejects_is_not_retried_forever(
+        comm: rmq.RmqCommunicator) -> None:
+    def reject(_c: Any, _task: Any) -> None:
+        raise kiwipy.TaskRejected("no")
+
+    await comm.add_task_subscriber(reject)
+    with pytest.raises(kiwipy.RemoteException, match="rejected the task"):
+        await asyncio.wait_for(await comm.task_send("x"), 30)
+
+
+async def test_pull_tasks_with_next_task_and_iteration(comm: rmq.RmqCommunicator) -> None:
+    queue = await comm.task_queue(f"{comm._task_queue}.pull")
+    result = await queue.task_send("first")
+    assert result is not None
+    async with queue.next_task(timeout=2) as task:
+        assert task is not None and task.body == "first" and not task.no_reply
+        # left without processing: back in the queue
+    async with queue.next_task(timeout=2) as task:
+        assert task is not None and task.body == "first"
+        task.process().set_result("ok")
+    assert await asyncio.wait_for(result, 10) == "ok"
+    with pytest.raises(kiwipy.QueueEmpty):
+        async with queue.next_task(timeout=0.5):
+            pass
+    for body in ("a", "b"):
+        await queue.task_send(body, no_reply=True)
+    bodies = []
+    async for task in queue:
+        bodies.append(task.body)
+        if task.body == "a":
+            async with task.processing() as outcome:
+                outcome.set_result(None)
+    assert bodies == ["a", "b"]
+    async with queue.next_task(timeout=2) as task:  # "b" was not processed: requeued
+        assert task is not None and task.body == "b"
+        with pytest.raises(ValueError, match="broken"):
+            async with task.processing():
+                raise ValueError("broken")
+        assert task.state == "finished"
+        with pytest.raises(kiwipy.InvalidStateError):
+            task.process()
+
+
+async def test_broadcasts_with_kiwipy_filters(comm: rmq.RmqCommunicator) -> None:
+    got: list[Any] = []
+    await comm.add_broadcast_subscriber(kiwipy.BroadcastFilter(
+        lambda _c, body, sender, subject, cid: got.append((body, sender, subject, cid)),
+        subject="job.*", sender="worker"))
+    await comm.broadcast_send("a", sender="worker", subject="job.1.done", correlation_id=1)
+    await comm.broadcast_send("b", sender="other", subject="job.2")
+    await comm.broadcast_send("c", sender="worker", subject="other")
+    await comm.broadcast_send("d", sender="worker")  # no subject: passes (as in kiwiPy)
+    for _ in range(100):
+        if len(got) == 2:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    assert got == [("a", "worker", "job.1.done", 1), ("d", "worker", None, None)]
+
+
+async def test_unsafe_yaml_is_never_loaded(comm: rmq.RmqCommunicator, tmp_path: Any) -> None:
+    marker = tmp_path / "pwned"
+    body = f"!!python/object/apply:os.system ['touch {marker}']".encode()
+    queue = await comm.task_queue(f"{comm._task_queue}.unsafe")
+    await queue.add_task_subscriber(lambda _c, task: task)
+    await comm.core.publish(comm._task_exchange, queue.queue_name, body)
+    dlq = f"{queue.queue_name}.dlq"
+    for _ in range(100):
+        if (await comm.core.queue_state(dlq))[0] == 1:
+            break
+        await asyncio.sleep(0.05)
+    delivery = await comm.core.get(dlq)
+    assert delivery is not None and delivery.headers["x-postage-reason"] == "undecodable"
+    await delivery.ack()
+    assert not marker.exists()
+
+
+def test_the_thread_communicator(thread_comm: rmq.RmqThreadCommunicator) -> None:
+    def nested(comm: Any, msg: Any) -> Any:
+        assert comm is thread_comm  # subscribers get the communicator itself
+        future: kiwipy.Future[Any] = kiwipy.Future()
+        future.set_result(msg + 1)
+        return future
+
+    thread_comm.add_rpc_subscriber(nested, "nested")
+    outer = thread_comm.rpc_send("nested", 1)
+    inner = outer.result(timeout=10)
+    assert isinstance(inner, kiwipy.Future) and inner.result(timeout=10) == 2
+    thread_comm.add_task_subscriber(lambda _c, task: time.sleep(0.1) or task)
+    futures = [thread_comm.task_send(i) for i in range(3)]
+    assert sorted(f.result(timeout=20) for f in futures if f is not None) == [0, 1, 2]
+    assert thread_comm.broadcast_send("x") is True
+    queue = thread_comm.task_queue(f"{thread_comm._communicator._task_queue}.pull")
+    sent = queue.task_send("pull me")
+    with queue.next_task(timeout=2) as task:
+        assert task is not None
+        with task.processing() as outcome:
+            outcome.set_result(task.body.upper())
+    assert sent is not None and sent.result(timeout=10) == "PULL ME"
+    assert [t.body for t in queue] == []
+    assert thread_comm.server_properties
+    closed: list[Any] = []
+    thread_comm.add_close_callback(lambda sender, exc: closed.append(exc))
+    thread_comm.close()
+    assert closed == [None]
+    with pytest.raises(kiwipy.CommunicatorClosed):
+        thread_comm.rpc_send("nested", 1)
+    assert thread_comm.is_closed()
