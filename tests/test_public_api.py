@@ -11,8 +11,13 @@ import sys
 import postage
 import postage._exceptions as exceptions
 
+KIWIPY_MODULES = ["postage.kiwipy", "postage.kiwipy.communications", "postage.kiwipy.exceptions",
+                  "postage.kiwipy.filters", "postage.kiwipy.futures", "postage.kiwipy.local",
+                  "postage.kiwipy.utils", "postage.kiwipy.communicate", "postage.kiwipy.rmq",
+                  "postage.kiwipy.rmq.communicator", "postage.kiwipy.rmq.tasks",
+                  "postage.kiwipy.rmq.threadcomms", "postage.kiwipy.rmq.defaults"]
 PUBLIC_MODULES = ["postage", "postage.messaging", "postage.microthreads",
-                  "postage.generic_application", "postage.aio", "postage.dlq"]
+                  "postage.generic_application", "postage.aio", "postage.dlq", *KIWIPY_MODULES]
 
 
 def test_all_lists_exactly_the_public_names() -> None:

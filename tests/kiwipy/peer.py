@@ -1,7 +1,7 @@
 """A kiwiPy program run by the interop tests, with the real kiwiPy or with postage.kiwipy.
 
-    python peer.py real|postage serve URL PREFIX    # serve RPC, tasks, broadcasts until stdin closes
-    python peer.py real|postage call URL PREFIX     # call a server; print one JSON line of results
+    python peer.py real|postage serve URL PREFIX   # serve until stdin closes
+    python peer.py real|postage call URL PREFIX    # call a server; print a JSON line
 
 PREFIX names the exchanges, the RPC identifiers, the task queue and the broadcast subjects,
 so that runs do not meet. The code below is plain kiwiPy code: only the import differs.
@@ -14,8 +14,9 @@ import time
 
 def load(which):
     if which == "real":
-        import kiwipy
         import kiwipy.rmq as rmq
+
+        import kiwipy
     else:
         import postage.kiwipy as kiwipy
         import postage.kiwipy.rmq as rmq
