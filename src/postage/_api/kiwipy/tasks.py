@@ -179,6 +179,10 @@ class RmqTaskSubscriber:
         return identifier
 
     async def remove_task_subscriber(self, identifier: Any) -> None:
+        """Remove a subscriber, by its identifier (or the callback itself)."""
+        if identifier not in self._subscribers:
+            identifier = next((key for key, callback in self._subscribers.items()
+                               if callback is identifier), identifier)
         try:
             del self._subscribers[identifier]
         except KeyError:

@@ -267,8 +267,9 @@ class RmqThreadTaskQueue(_OnPortal):
     def add_task_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
         return self._call(self._task_queue.add_task_subscriber, subscriber, identifier)
 
-    def remove_task_subscriber(self, identifier: Any) -> None:
-        self._call(self._task_queue.remove_task_subscriber, identifier)
+    def remove_task_subscriber(self, subscriber: Any) -> None:
+        """Remove a subscriber, by its identifier or the callback itself."""
+        self._call(self._task_queue.remove_task_subscriber, subscriber)
 
     @contextlib.contextmanager
     def next_task(self, timeout: float = 5.0, fail: bool = True, no_ack: bool = False
