@@ -48,6 +48,8 @@ KIWI = ("kiwipy", "kiwipy.rmq")
 # the kiwiPy-style cases (bench.peers:kiwi_*) run kiwiPy's code on either module
 KIWIPY: dict[str, Any] = {"module": "kiwipy"}
 POSTAGE: dict[str, Any] = {"module": "postage"}
+POSTAGE_KIWIPY: dict[str, Any] = {"module": "postage.kiwipy"}
+PKIWI = ("postage.kiwipy",)
 POSTAGE_WINDOW: dict[str, Any] = {"module": "postage", "connect": {"send_window": 256}}
 POSTAGE_WINDOW64: dict[str, Any] = {"module": "postage", "connect": {"send_window": 64}}
 
@@ -181,6 +183,27 @@ for _k in (1, 2, 4):
                       f"{_k} consumer process(es)", Q + "scaling_postage", "rate", 20000, 3000,
                       postage=True, params={"consumers": _k}))
 
+# kiwiPy's code on postage.kiwipy (the drop-in: kiwiPy's wire format and semantics)
+CASES += [
+    Case("publish.pkiwipy", "publish", "postage.kiwipy", "task_send(no_reply=True), sequential",
+         P + "kiwi_publish", "rate", 2000, 400, postage=True, requires=PKIWI,
+         params=POSTAGE_KIWIPY),
+    Case("e2e.pkiwipy", "e2e", "postage.kiwipy", "task queue (kiwiPy's code), prefetch 256",
+         P + "kiwi_e2e", "rate", 3000, 500, postage=True, requires=PKIWI,
+         params=POSTAGE_KIWIPY),
+    Case("rpc.pkiwipy", "rpc", "postage.kiwipy", "rpc_send().result() (kiwiPy's code)",
+         P + "kiwi_rpc_seq", "latency", 1000, 200, postage=True, requires=PKIWI,
+         params=POSTAGE_KIWIPY),
+    Case("rpc64.pkiwipy", "rpc64", "postage.kiwipy", "64 futures in flight (kiwiPy's code)",
+         P + "kiwi_rpc_window", "rate", 3000, 500, postage=True, requires=PKIWI,
+         params=POSTAGE_KIWIPY),
+    Case("idle.pkiwipy", "memory", "postage.kiwipy", "idle RSS, one RPC subscriber",
+         P + "kiwi_idle", "mb", 0, 0, postage=True, requires=PKIWI, params=POSTAGE_KIWIPY),
+    Case("pending.pkiwipy", "memory", "postage.kiwipy",
+         "extra for 10,000 pending rpc_send futures", P + "kiwi_pending", "mb", 10000, 2500,
+         postage=True, requires=PKIWI, params=POSTAGE_KIWIPY),
+]
+
 BY_ID = {c.id: c for c in CASES}
 
 
@@ -219,6 +242,12 @@ TARGETS: list[Target] = [
            ">=", 4.0, "e2e.kiwipy", opt_in=True),
     Target("(opt-in) 64 RPCs in flight: communicator, send_window >= 2.5x kiwiPy",
            "rpc64.comm.window", ">=", 2.5, "rpc64.kiwipy", opt_in=True),
+    Target("postage.kiwipy publish >= 2x kiwiPy", "publish.pkiwipy", ">=", 2.0,
+           "publish.kiwipy"),
+    Target("postage.kiwipy end-to-end >= 2x kiwiPy", "e2e.pkiwipy", ">=", 2.0, "e2e.kiwipy"),
+    Target("RPC p50: postage.kiwipy <= 0.5x kiwiPy", "rpc.pkiwipy", "<=", 0.5, "rpc.kiwipy"),
+    Target("64 RPCs in flight: postage.kiwipy >= 2x kiwiPy", "rpc64.pkiwipy", ">=", 2.0,
+           "rpc64.kiwipy"),
     Target("idle communicator <= 40 MB RSS", "idle.comm", "<=", 40.0),
     Target("10,000 pending RPCs (communicator) <= 20 MB", "pending.comm", "<=", 20.0),
     # the core, the path every API is built on: how much headroom the APIs have

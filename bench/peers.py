@@ -496,6 +496,7 @@ def kiwi_idle(ctx: Ctx) -> dict[str, float]:
 
 # where each module sends an RPC: exchange, its type, routing key of an identifier, durable
 _RPC_ROUTES = {"kiwipy": ("kiwipy.messages", "topic", "[rpc].{}", False),
+               "postage.kiwipy": ("kiwipy.messages", "topic", "[rpc].{}", False),
                "postage": ("postage.rpc", "direct", "{}", True)}
 
 

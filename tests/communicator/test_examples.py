@@ -1,6 +1,7 @@
 """The seed 004 examples (docs/examples/communicator/) run as separate processes.
 
-Each file is the kiwiPy example with ``import postage as kiwipy`` as the only change. The
+Each file is the kiwiPy example with ``import postage as kiwipy`` as the only change; each
+also runs with ``import postage.kiwipy as kiwipy`` (the drop-in, kiwiPy's wire format). The
 examples hard-code ``amqp://localhost``; the test broker may listen elsewhere, and other
 engineers share it, so the runner copies each file, replacing the literal URL with the
 test broker's and the fixed names (``task_queue``, ``rpc_queue``) with unique ones. Nothing
@@ -112,9 +113,17 @@ def assert_interrupted(example: Example) -> None:
     assert not errors, example.lines
 
 
+@pytest.fixture(params=["postage", "postage.kiwipy"])
+def flavour(request: pytest.FixtureRequest) -> str:
+    """The module imported as ``kiwipy``."""
+    return str(request.param)
+
+
 @pytest.fixture
-def examples(tmp_path: Path, broker_url: str, names: Names) -> Iterator[dict[str, Path]]:
-    """Copies of the examples: URL and fixed names replaced, nothing else."""
+def examples(tmp_path: Path, broker_url: str, names: Names, flavour: str
+             ) -> Iterator[dict[str, Path]]:
+    """Copies of the examples: URL and fixed names replaced (and the import, for the
+    drop-in), nothing else."""
     uid = uuid.uuid4().hex[:10]
     task_queue = f"test.comm.example.{uid}"
     names.queues.extend([task_queue, f"test.comm.example-default.{uid}"])
@@ -130,6 +139,7 @@ def examples(tmp_path: Path, broker_url: str, names: Names) -> Iterator[dict[str
         assert "'amqp://localhost'" in text
         for old, new in replacements.items():
             text = text.replace(old, new)
+        text = text.replace("import postage as kiwipy\n", f"import {flavour} as kiwipy\n")
         if source.name == "new_task_default_queue.py":  # isolate the default task queue
             text = text.replace(repr(broker_url),
                                 f"{broker_url!r}, task_queue='test.comm.example-default.{uid}'")
@@ -161,14 +171,18 @@ def test_work_queue_example(examples: dict[str, Path], broker_url: str) -> None:
         worker.kill()
 
 
-def test_default_task_queue_example(examples: dict[str, Path], broker_url: str) -> None:
+def test_default_task_queue_example(examples: dict[str, Path], broker_url: str,
+                                    flavour: str) -> None:
     sender = Example(examples["new_task_default_queue"], "to", "the", "default")
     assert sender.expect("[x] Sent") == " [x] Sent 'to the default'"
     assert sender.finish() == 0
     text = examples["new_task_default_queue"].read_text()
     default_queue = text.split("task_queue='")[1].split("'")[0]
     [(_props, body)] = pika_read(broker_url, default_queue, 1)
-    assert json.loads(body)["content"] == {"parameters": "to the default"}
+    if flavour == "postage":
+        assert json.loads(body)["content"] == {"parameters": "to the default"}
+    else:  # kiwiPy's (task, no_reply) in YAML
+        assert body == b"!!python/tuple\n- to the default\n- false\n"
 
 
 def test_topics_example(examples: dict[str, Path]) -> None:

@@ -71,6 +71,20 @@ async def test_communicator_rpc_is_one_trace(telemetry: Telemetry, broker_url: s
     _check_rpc_trace(telemetry)
 
 
+async def test_kiwipy_rpc_is_one_trace(telemetry: Telemetry, broker_url: str) -> None:
+    from postage.kiwipy import rmq
+
+    prefix = f"otel.kiwipy.{uuid.uuid4().hex[:8]}"
+    comm = await rmq.async_connect(broker_url, message_exchange=f"{prefix}.messages",
+                                   task_exchange=f"{prefix}.tasks")
+    try:
+        await comm.add_rpc_subscriber(lambda _c, n: n * 2, "double")
+        assert await asyncio.wait_for(await comm.rpc_send("double", 21), 10) == 42
+    finally:
+        await comm.disconnect()
+    _check_rpc_trace(telemetry)
+
+
 def test_classic_rpc_is_one_trace(telemetry: Telemetry, broker_url: str,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POSTAGE_URL", broker_url)

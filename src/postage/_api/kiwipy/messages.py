@@ -187,10 +187,15 @@ class PublisherWithReplyQueue:
         self._connected = True
 
     async def publish(self, body: bytes, routing_key: str, props: Properties, *,
-                      mandatory: bool = True) -> None:
+                      mandatory: bool = True, reply: asyncio.Future[Any] | None = None,
+                      ) -> None:
+        """Publish (confirmed); with ``reply``, as a request whose response resolves it
+        (what middleware such as tracing sees)."""
         try:
             await self.core.publish(self.exchange, routing_key, body, props,
-                                    mandatory=mandatory)
+                                    mandatory=mandatory,
+                                    kind="publish" if reply is None else "request",
+                                    reply=reply)
         except PostageError as exc:
             raise translate_publish_error(exc) from None
 
@@ -207,7 +212,7 @@ class PublisherWithReplyQueue:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._expect(cid, future)
         try:
-            await self.publish(body, routing_key, props)
+            await self.publish(body, routing_key, props, reply=future)
         except BaseException:
             self._awaiting.pop(cid, None)
             future.cancel()
