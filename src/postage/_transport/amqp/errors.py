@@ -9,6 +9,7 @@ import os
 import ssl
 
 from aiormq import exceptions as amqp_errors
+from pamqp import commands as spec
 
 from ..._exceptions import (
     AccessRefused,
@@ -59,7 +60,21 @@ def _refusal(exc: BaseException) -> PostageError | None:
     if isinstance(exc, amqp_errors.InvalidFrameError) and "Connection.Close" in str(exc):
         # aiormq reports a refused Connection.Open as an unexpected frame
         return VhostNotFound("the broker refused to open the virtual host")
-    return None
+    return _closed_while_opening(exc)
+
+
+def _closed_while_opening(exc: BaseException) -> PostageError | None:
+    """Older aiormq (6.9) reports a refused open as an internal error carrying the
+    broker's close frame."""
+    close = next((a for a in exc.args if isinstance(a, spec.Connection.Close)), None)
+    if close is None:
+        return None
+    text = close.reply_text or "refused"
+    if close.reply_code == 530:  # NOT_ALLOWED
+        return VhostNotFound(f"the broker does not allow this virtual host: {text}")
+    if close.reply_code == 403:
+        return AuthenticationError(f"the broker refused the connection: {text}")
+    return ConnectionError(f"the broker closed the connection: {text}")
 
 
 def _channel_error(exc: BaseException) -> ChannelError | None:

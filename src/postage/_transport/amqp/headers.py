@@ -36,7 +36,7 @@ from ..base import HEADER_UNDECODABLE
 log = logging.getLogger("postage.transport")
 
 MAX_DEPTH = 64  # nesting levels of a headers table (tables and arrays) accepted
-SUPPORTED = ("4.0.",)  # pamqp versions whose frame layout and decoder this was checked on
+SUPPORTED = ("4.0.", "3.3.")  # pamqp versions whose frame layout and decoder this was checked on
 _FRAME_HEADER = 7  # type (1), channel (2), size (4)
 _FRAME_HEADER_TYPE = 2
 _HEADERS_FLAG = 1 << 13  # property flags: content_type 15, content_encoding 14, headers 13

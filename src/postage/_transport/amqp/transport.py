@@ -199,8 +199,10 @@ class AmqpTransport(AmqpPublisher):
     async def _supervise(self) -> None:
         while not self._closed:
             connection = self._connection
+            # asyncio.wait: cancelling this task (close()) must not cancel the connection's
+            # own closing future (aiormq 6.9 logs an error for each one cancelled)
             with contextlib.suppress(BaseException):
-                await connection.closing
+                await asyncio.wait([connection.closing])
             if self.closed:  # close() ran while we waited
                 return
             reason = None
