@@ -369,14 +369,18 @@ async def _maybe_await(value: Any) -> Any:
 # the classic API (postage.messaging)
 
 
-def _classic_setup(ctx: Ctx, serve: bool) -> tuple[Any, Any, str, str]:
+def _classic_setup(ctx: Ctx, serve: bool, persistent: bool = True
+                   ) -> tuple[Any, Any, str, str]:
     """An exchange and a bound queue, a producer class for them, and (if ``serve``) a core
-    responder answering classic RPCs with a success result, in a portal thread."""
+    responder answering classic RPCs with a success result, in a portal thread.
+    ``persistent``: the producer's setting (publish cases: True, like every publish case;
+    the RPC case keeps the classic default, False, like the tutorial RPC it is set beside)."""
     os.environ["POSTAGE_URL"] = ctx.url
     from postage import messaging
 
     exchange = ctx.name("classic-x")
     queue = ctx.name("classic-q")
+    persistent_messages = persistent
     key = "bench"
 
     class BenchExchange(messaging.Exchange):  # type: ignore[misc,name-defined]
@@ -388,7 +392,7 @@ def _classic_setup(ctx: Ctx, serve: bool) -> tuple[Any, Any, str, str]:
 
     class BenchProducer(messaging.GenericProducer):  # type: ignore[misc,name-defined]
         eks = [(BenchExchange, key)]
-        persistent = True  # like every publish case: persistent messages, confirms
+        persistent = persistent_messages
 
     from postage._blocking.portal import BlockingPortal
 
@@ -467,7 +471,7 @@ def classic_publish_pipelined(ctx: Ctx) -> dict[str, float]:
 
 
 def classic_rpc_seq(ctx: Ctx) -> dict[str, float]:
-    producer_cls, state, exchange, queue = _classic_setup(ctx, serve=True)
+    producer_cls, state, exchange, queue = _classic_setup(ctx, serve=True, persistent=False)
     try:
         producer = _new_producer(producer_cls, ctx.url)
         for _ in range(warmup_count(ctx)):

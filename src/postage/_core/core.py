@@ -230,10 +230,12 @@ class Core:
         await self.transport.purge_queue(name, timeout=timeout)
 
     async def consume_raw(self, queue: str, callback: DeliveryHandler, *,
-                          prefetch_count: int = 0) -> Consumer:
+                          prefetch_count: int = 0, no_ack: bool = False) -> Consumer:
         """Consume ``queue`` outside the pipeline: ``callback`` settles each delivery
-        itself (tools that move messages, such as a dead-letter replay)."""
-        return await self.transport.consume(queue, callback, prefetch_count=prefetch_count)
+        itself (tools that move messages, such as a dead-letter replay), or with
+        ``no_ack`` the broker forgets each one once sent (responses on a reply queue)."""
+        return await self.transport.consume(queue, callback, prefetch_count=prefetch_count,
+                                            no_ack=no_ack)
 
     async def get(self, queue: str, *, timeout: float = 30.0) -> Delivery | None:
         """Take the oldest ready message of ``queue`` (None if it has none), outside the

@@ -8,6 +8,7 @@ __all__ = ["Cancelled", "Codec", "PublisherWithReplyQueue", "YamlReplies", "call
 
 import asyncio
 import concurrent.futures
+import functools
 import inspect
 import logging
 import uuid
@@ -182,7 +183,8 @@ class PublisherWithReplyQueue:
         await core.declare_queue(name, exclusive=True, auto_delete=self.testing_mode,
                                  arguments={"x-expires": wire.REPLY_QUEUE_EXPIRES})
         await core.bind(name, self.exchange, name)
-        await core.consume_raw(name, self._on_response)
+        # no_ack, as kiwiPy: a response is worth nothing once its caller is gone
+        await core.consume_raw(name, self._on_response, no_ack=True)
         self.reply_queue = name
         self._connected = True
 
@@ -201,7 +203,8 @@ class PublisherWithReplyQueue:
 
     def request_properties(self, *, persistent: bool = False) -> Properties:
         """Properties of a request: a new correlation id, this publisher's reply queue."""
-        return Properties(correlation_id=str(uuid.uuid4()), reply_to=self.reply_queue,
+        return Properties(correlation_id=self.core.new_correlation_id(),
+                          reply_to=self.reply_queue,
                           delivery_mode=PERSISTENT if persistent else None)
 
     async def publish_expect_response(self, body: bytes, routing_key: str, *,
@@ -221,12 +224,12 @@ class PublisherWithReplyQueue:
 
     def _expect(self, cid: str, future: asyncio.Future[Any]) -> None:
         self._awaiting[cid] = future
+        future.add_done_callback(functools.partial(self._forget, cid))
 
-        def forget(done: asyncio.Future[Any]) -> None:
-            if done.cancelled() and self._awaiting.get(cid) is done:
-                del self._awaiting[cid]
-
-        future.add_done_callback(forget)
+    def _forget(self, cid: str, done: asyncio.Future[Any]) -> None:
+        """A future the caller cancelled waits for nothing any more."""
+        if done.cancelled() and self._awaiting.get(cid) is done:
+            del self._awaiting[cid]
 
     def fail_all(self, error: Exception) -> None:
         """Fail every future still waiting for a response."""
@@ -236,10 +239,9 @@ class PublisherWithReplyQueue:
                 future.set_exception(error)
 
     async def _on_response(self, delivery: Delivery) -> None:
-        # Responses are resolved before the first await: each delivery runs in a task of
-        # its own, and a "pending" response must be seen before the result that follows.
+        # Resolved without awaiting anything: each delivery runs in a task of its own,
+        # and a "pending" response must be seen before the result that follows it.
         self._resolve(delivery)
-        await delivery.ack()
 
     def _resolve(self, delivery: Delivery) -> None:
         cid = delivery.correlation_id

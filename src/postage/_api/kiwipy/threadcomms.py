@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from ..._blocking.portal import BlockingPortal, default_portal
 from ..._wire import kiwipy as wire
+from ..communicator.blocking import _ReplyFuture
 from .communicator import RmqCommunicator, async_connect
 from .errors import CommunicatorClosed
 from .local import Communicator
@@ -29,31 +30,29 @@ T = TypeVar("T")
 OPERATION_TIMEOUT = 60.0  # seconds a blocking call may take (declarations, confirms)
 
 
+class ThreadFuture(_ReplyFuture[Any]):
+    """A concurrent future following an asyncio future of the portal's loop (light, see
+    ``_ReplyFuture``); an asyncio future it resolves to becomes one too (kiwiPy's nested
+    futures). Cancelling it cancels the asyncio one."""
+
+    def __call__(self, done: asyncio.Future[Any]) -> None:
+        if not done.cancelled() and done.exception() is None and asyncio.isfuture(
+                done.result()):
+            inner = done.result()
+            nested = ThreadFuture(inner, self._loop)
+            inner.add_done_callback(nested)
+            if not self.done():
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    self.set_result(nested)
+            return
+        super().__call__(done)
+
+
 def to_thread_future(source: asyncio.Future[Any], loop: asyncio.AbstractEventLoop
                      ) -> concurrent.futures.Future[Any]:
-    """A concurrent future with ``source``'s outcome; an asyncio future it resolves to
-    becomes a concurrent one too. Cancelling it cancels ``source``."""
-    out: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-    def copy(done: asyncio.Future[Any]) -> None:
-        if out.done():
-            return
-        if done.cancelled():
-            out.cancel()
-            return
-        exc = done.exception()
-        if exc is not None:
-            out.set_exception(exc)
-            return
-        value = done.result()
-        out.set_result(to_thread_future(value, loop) if asyncio.isfuture(value) else value)
-
-    def cancel_source(done: concurrent.futures.Future[Any]) -> None:
-        if done.cancelled() and not loop.is_closed():
-            loop.call_soon_threadsafe(source.cancel)
-
-    source.add_done_callback(copy)
-    out.add_done_callback(cancel_source)
+    """A :class:`ThreadFuture` of ``source`` (call on the loop thread)."""
+    out = ThreadFuture(source, loop)
+    source.add_done_callback(out)
     return out
 
 
