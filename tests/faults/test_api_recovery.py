@@ -303,6 +303,54 @@ async def test_communicator_task_stream_through_proxy_cuts(
     assert fig.lost == 0, fig.line()
 
 
+async def test_kiwipy_task_stream_through_proxy_cuts(
+    fault_broker: Broker, proxy: TcpProxy, figures_log: list[Figures]
+) -> None:
+    """postage.kiwipy (kiwiPy's wire format) on the same guarantees: tasks sent across
+    three cuts are all confirmed and all handled."""
+    from postage._settings import ConnectionSettings
+    from postage.kiwipy import rmq
+
+    url = proxy.url(fault_broker.url)
+    prefix = unique("kiwipy")
+    names = {"message_exchange": f"{prefix}.messages", "task_exchange": f"{prefix}.tasks"}
+    queue = f"{prefix}.queue"
+    tally = Tally()
+
+    def core() -> Core:
+        return Core(ConnectionSettings.from_url(url, reconnect_delay=0.05))
+
+    sender = rmq.RmqCommunicator(core(), **names)
+    worker = rmq.RmqCommunicator(core(), task_prefetch_count=100, **names)
+    await sender.connect()
+    await worker.connect()
+    try:
+        sending = await sender.task_queue(queue)
+        working = await worker.task_queue(queue, prefetch_count=100)
+
+        async def subscriber(_comm: Any, body: Any) -> None:
+            tally.record(int(body))
+
+        await working.add_task_subscriber(subscriber)
+
+        async def send(i: int) -> None:
+            await sending.task_send(i, no_reply=True)
+
+        fig = await drive_stream("task_send, proxy cut x3", "postage.kiwipy", send, tally,
+                                 count=3000, fault=_fault("cut", proxy, fault_broker),
+                                 fault_after=(500, 1500, 2500), concurrency=32, deadline=45)
+        reconnections = (sender.core.transport.reconnections,
+                         worker.core.transport.reconnections)
+    finally:
+        await sender.disconnect()
+        await worker.disconnect()
+        await _delete_queues(fault_broker.url, queue)
+    _report(figures_log, fig)
+    assert fig.faults == 3 and min(reconnections) >= 1
+    assert fig.publish_errors == 0 and fig.confirmed == 3000
+    assert fig.lost == 0, fig.line()
+
+
 def _rpc_notes(errors: collections.Counter[str], durations: list[float]) -> str:
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(errors.items())) or "none"
     longest = max(durations, default=0.0)

@@ -239,3 +239,31 @@ def test_the_thread_communicator(thread_comm: rmq.RmqThreadCommunicator) -> None
     with pytest.raises(kiwipy.CommunicatorClosed):
         thread_comm.rpc_send("nested", 1)
     assert thread_comm.is_closed()
+
+
+async def test_a_lost_connection_fails_waiting_rpcs_and_subscribers_come_back() -> None:
+    broker = fresh_broker()
+    try:
+        names = exchanges()
+        server = await rmq.async_connect(broker.url, **names)
+        client = await rmq.async_connect(broker.url, **names)
+        release = asyncio.Event()
+
+        async def slow(_c: Any, msg: Any) -> Any:
+            await release.wait()
+            return msg
+
+        await server.add_rpc_subscriber(slow, "slow")
+        await server.add_task_subscriber(lambda _c, task: task + 1)
+        waiting = await client.rpc_send("slow", 1)
+        broker.drop_connections()
+        with pytest.raises(postage.ConnectionError):
+            await asyncio.wait_for(waiting, 10)
+        release.set()
+        # both ends recovered: the same subscribers answer again
+        assert await asyncio.wait_for(await client.rpc_send("slow", 2), 10) == 2
+        assert await asyncio.wait_for(await client.task_send(41), 10) == 42
+        await client.disconnect()
+        await server.disconnect()
+    finally:
+        forget_broker(broker)
