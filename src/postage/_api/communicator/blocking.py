@@ -36,6 +36,9 @@ log = logging.getLogger("postage.communicator")
 T = TypeVar("T")
 
 
+_CONDITION_LOCK = threading.Lock()
+
+
 class _ReplyFuture(concurrent.futures.Future[T]):
     """A concurrent future following an asyncio future of the portal's loop; cancelling
     it cancels that one.
@@ -52,11 +55,28 @@ class _ReplyFuture(concurrent.futures.Future[T]):
     def __init__(self, source: asyncio.Future[T] | None,
                  loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
-        condition = threading.Condition(threading.Lock())
-        condition._waiters = []  # type: ignore[attr-defined]  # a deque costs 600 B empty
-        self._condition = condition
         self._source = source
         self._loop = loop
+
+    # The condition (370 B with its lock) is made when first used: a future nobody has
+    # waited on, cancelled or completed yet (thousands of pending calls) has none.
+    # ``Future.__init__`` assigns one: dropped. Made under a process-wide lock, so two
+    # threads that reach it together share the same one.
+    @property
+    def _condition(self) -> threading.Condition:
+        condition: threading.Condition | None = self.__dict__.get("_lazy_condition")
+        if condition is None:
+            with _CONDITION_LOCK:
+                condition = self.__dict__.get("_lazy_condition")
+                if condition is None:
+                    condition = threading.Condition(threading.Lock())
+                    condition._waiters = []  # type: ignore[attr-defined]  # a deque: 600 B
+                    self.__dict__["_lazy_condition"] = condition
+        return condition
+
+    @_condition.setter
+    def _condition(self, _value: threading.Condition) -> None:
+        pass
 
     def __call__(self, done: asyncio.Future[T]) -> None:
         """Copy the outcome of the asyncio future (a done callback, on the loop)."""
