@@ -139,12 +139,19 @@ class _Facade:
     def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return self._portal.call(fn, *args, timeout=self._timeout)
 
+    # how an asyncio future of the loop becomes the caller's (postage.kiwipy's facade
+    # also turns the futures it resolves to into concurrent ones)
+    _follow: Callable[[asyncio.Future[Any], asyncio.AbstractEventLoop],
+                      concurrent.futures.Future[Any]] = staticmethod(_to_concurrent)
+
     def _future(
         self, fn: Callable[..., Awaitable[asyncio.Future[T] | None]], *args: Any
     ) -> concurrent.futures.Future[T] | None:
+        # the concurrent future is made on the loop thread: a callback added to an
+        # asyncio future from another thread could be lost, or run late
         async def run() -> concurrent.futures.Future[T] | None:
             future = await fn(*args)
-            return None if future is None else _to_concurrent(future, self._portal.loop)
+            return None if future is None else self._follow(future, self._portal.loop)
 
         return self._portal.call(run, timeout=self._timeout)
 

@@ -95,25 +95,21 @@ class RmqSubscriber:
         queue = f"rpc-{uuid.uuid4().hex}"
         codec = self._codec
 
+        replies = YamlReplies(codec, host=False)
+
         async def handle(message: IncomingMessage) -> Any:
             msg = codec.decode(message.body)
-            delivery = message.delivery
-
-            async def pending() -> None:
-                await core.reply(delivery, codec.encode(wire.pending_response()),
-                                 Properties(correlation_id=delivery.correlation_id))
-
             result = await call_subscriber(subscriber, (comm.callback_comm, msg), core,
                                            comm._in_threads)
             try:
-                return await settle(result, pending)
+                return await settle(result, replies.pending_sender(core, message.delivery))
             except asyncio.CancelledError as exc:
                 if was_cancelled():
                     raise
                 return Cancelled(str(exc) or None)  # the subscriber's future was
 
         await core.declare_queue(queue, exclusive=True, arguments=self._rpc_arguments)
-        options = HandlingOptions(errors="answer", replies=YamlReplies(codec, host=False))
+        options = HandlingOptions(errors="answer", replies=replies)
         subscription = await core.consume(queue, handle, options)
         await core.bind(queue, self._exchange, f"{wire.RPC_TOPIC}.{identifier}")
         self._rpc[identifier] = (queue, subscription)
@@ -238,6 +234,7 @@ class RmqCommunicator:
         self._default_task_queue: RmqTaskQueue | None = None
         self._task_queues: list[RmqTaskQueue] = []
         self._close_callbacks: list[Callable[..., Any]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by connect()
         self._opened = False
         self._closed = False
         self._lock = asyncio.Lock()
@@ -262,8 +259,6 @@ class RmqCommunicator:
     def loop(self) -> asyncio.AbstractEventLoop:
         """The event loop driving this communicator."""
         return asyncio.get_running_loop() if self._loop is None else self._loop
-
-    _loop: asyncio.AbstractEventLoop | None = None
 
     def add_close_callback(self, callback: Callable[..., Any], weak: bool = False) -> None:
         """``callback(communicator, exception)`` is called once the connection is closed

@@ -124,7 +124,7 @@ class YamlReplies:
 
     def body(self, response: dict[str, Any]) -> bytes:
         if self._host:
-            response[wire.HOST_KEY] = wire.host_info()
+            response = {**response, wire.HOST_KEY: wire.host_info()}
         return self._codec.encode(response)
 
     def result(self, message: IncomingMessage, value: Any) -> bytes | None:
@@ -138,6 +138,16 @@ class YamlReplies:
         if message.state.get("no_reply"):
             return None
         return self.body(wire.exception_response(original(exc)))
+
+    async def send(self, core: Core, request: Delivery, response: dict[str, Any]) -> None:
+        """Send ``response`` to the request's ``reply_to`` outside the pipeline's one
+        reply (a "pending" one, or a pulled task's outcome); the core echoes the
+        correlation id. No content type, as kiwiPy."""
+        await core.reply(request, self.body(response), Properties())
+
+    def pending_sender(self, core: Core, request: Delivery) -> Callable[[], Awaitable[None]]:
+        """What :func:`settle` calls to tell the caller a result is still to come."""
+        return functools.partial(self.send, core, request, wire.pending_response())
 
 
 class Cancelled:

@@ -36,7 +36,6 @@ from ..._core.middleware import IncomingMessage
 from ..._exceptions import DecodingError, PostageError
 from ..._transport import Delivery
 from ..._wire import kiwipy as wire
-from ..._wire.properties import Properties
 from .errors import DuplicateSubscriberIdentifier, InvalidStateError, QueueEmpty, TaskRejected
 from .messages import (
     Codec,
@@ -191,9 +190,10 @@ class RmqTaskSubscriber:
             await self.disconnect()
 
     async def _on_task(self, message: IncomingMessage) -> Any:
-        task, no_reply = wire.parse_task(self._ctx.codec.decode(message.body))
+        task, no_reply = self._decode(message.body)
         message.state["no_reply"] = no_reply
-        pending = None if no_reply else self._pending_sender(message.delivery)
+        pending = None if no_reply else self._replies.pending_sender(self._core,
+                                                                     message.delivery)
         for subscriber in list(self._subscribers.values()):
             try:
                 result = await call_subscriber(subscriber, (self._ctx.callback_comm, task),
@@ -209,11 +209,9 @@ class RmqTaskSubscriber:
                 raise SubscriberFailed(f"{type(exc).__name__}: {exc}") from exc
         raise TaskRejected("every task subscriber of this process rejected the task")
 
-    def _pending_sender(self, delivery: Delivery) -> Callable[[], Any]:
-        async def pending() -> None:
-            await self._core.reply(delivery, self._replies.body(wire.pending_response()),
-                                   Properties(correlation_id=delivery.correlation_id))
-        return pending
+    def _decode(self, body: bytes) -> tuple[Any, bool]:
+        """(task, no_reply) of a task body; DecodingError if it is not one."""
+        return wire.parse_task(self._ctx.codec.decode(body))
 
     # -- pull -------------------------------------------------------------------------
 
@@ -222,7 +220,7 @@ class RmqTaskSubscriber:
         if delivery is None:
             return None
         try:
-            task, no_reply = wire.parse_task(self._ctx.codec.decode(delivery.body))
+            task, no_reply = self._decode(delivery.body)
         except DecodingError as exc:
             await self._core.move_to_dead_letters(delivery, self._queue, f"{self._queue}.dlq",
                                                   "undecodable", str(exc))
@@ -277,8 +275,7 @@ class RmqTaskSubscriber:
             await delivery.ack()
             response = wire.result_response(value)
         if not task.no_reply and delivery.reply_to:
-            await self._core.reply(delivery, self._replies.body(response),
-                                   Properties(correlation_id=delivery.correlation_id))
+            await self._replies.send(self._core, delivery, response)
 
 
 class RmqIncomingTask:

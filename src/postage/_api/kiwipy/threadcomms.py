@@ -13,12 +13,12 @@ __all__ = ["RmqThreadCommunicator", "RmqThreadIncomingTask", "RmqThreadTaskQueue
 import asyncio
 import concurrent.futures
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from ..._blocking.portal import BlockingPortal, default_portal
 from ..._wire import kiwipy as wire
-from ..communicator.blocking import _ReplyFuture
+from ..communicator.blocking import _Facade, _ReplyFuture
 from .communicator import RmqCommunicator, async_connect
 from .errors import CommunicatorClosed
 from .local import Communicator
@@ -75,26 +75,19 @@ def to_aio_future(source: concurrent.futures.Future[Any], target: asyncio.Future
     source.add_done_callback(copy)
 
 
-class _OnPortal:
-    _portal: BlockingPortal
+class _OnPortal(_Facade):
+    """The blocking verbs of this module: the communicator's facade (calls with a
+    deadline, futures made on the loop), with nested futures, plain functions run on the
+    loop, and async context managers and iterators driven from the caller's thread."""
 
-    def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        return self._portal.call(fn, *args, timeout=OPERATION_TIMEOUT)
+    _timeout = OPERATION_TIMEOUT
+    _window = None
+    _follow = staticmethod(to_thread_future)
 
     def _now(self, fn: Callable[..., T], *args: Any) -> T:
         """Run the plain function ``fn`` on the loop thread."""
         async def run() -> T:
             return fn(*args)
-        return self._call(run)
-
-    def _future(self, fn: Callable[..., Awaitable[asyncio.Future[Any] | None]], *args: Any
-                ) -> concurrent.futures.Future[Any] | None:
-        # the concurrent future is made on the loop thread: a callback added to an
-        # asyncio future from another thread could be lost, or run late
-        async def run() -> concurrent.futures.Future[Any] | None:
-            future = await fn(*args)
-            return None if future is None else to_thread_future(future, self._portal.loop)
-
         return self._call(run)
 
     @contextlib.contextmanager
