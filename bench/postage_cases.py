@@ -170,7 +170,8 @@ def core_idle(ctx: Ctx) -> dict[str, float]:
 def _instrument(ctx: Ctx) -> None:
     """``params["otel"]``: trace and measure with OpenTelemetry's SDK, the spans going to a
     no-op exporter either one by one (``"noop"``: SimpleSpanProcessor) or in batches
-    (``"batch"``: BatchSpanProcessor, metrics exported every 5 s)."""
+    (``"batch"``: BatchSpanProcessor, metrics exported every 5 s); ``"sampled"``: as
+    ``"batch"``, with one trace in ten sampled (``ParentBased(TraceIdRatioBased(0.1))``)."""
     mode = ctx.params.get("otel")
     if not mode:
         return
@@ -197,8 +198,13 @@ def _instrument(ctx: Ctx) -> None:
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
-    tracer_provider = TracerProvider()
-    if mode == "batch":
+    if mode == "sampled":
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+        tracer_provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.1)))
+    else:
+        tracer_provider = TracerProvider()
+    if mode in ("batch", "sampled"):
         tracer_provider.add_span_processor(BatchSpanProcessor(Discard()))
         reader: Any = PeriodicExportingMetricReader(
             ConsoleMetricExporter(out=io.StringIO()), export_interval_millis=5000)

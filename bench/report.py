@@ -154,7 +154,8 @@ def markdown(doc: dict[str, Any]) -> str:
     lines += ["", "Rows starting with (opt-in) measure the same target with an explicit opt-in "
               "for one-thread senders (sends return before their confirm; failures reach "
               "the futures or a later call): the default rows above them keep one confirm "
-              "per call. Rows starting with (core) use the core directly: the reference "
+              "per call; the (opt-in) OpenTelemetry rows sample one trace in ten. "
+              "Rows starting with (core) use the core directly: the reference "
               "path all APIs are built on, not one of the speed targets.", "",
               "## Results", ""]
     for wl, title in WORKLOADS.items():

@@ -6,9 +6,11 @@ One :class:`TelemetryMiddleware`, installed first on every connection opened aft
 * **traces** (messaging semantic conventions, ``messaging.system = rabbitmq``): a PRODUCER
   span per publish, whose context travels in the message's ``traceparent``/``tracestate``
   headers (W3C, as aio-pika's instrumentation does); a CONSUMER span per message handled,
-  child of the sender's, kept open until the message is settled, with an event for a retry
-  or a dead letter; a CLIENT span around each RPC (request to reply), parent of its
-  request's publish, and a PRODUCER span per reply;
+  child of the sender's, kept open until the message is settled, with an event for a retry,
+  a dead letter or the reply sent; a CLIENT span per RPC, from the request to its reply,
+  whose context the request carries (the request's publish is part of it, not a span of
+  its own, and neither is the reply: two spans per RPC, the fewest that link caller and
+  server);
 * **metrics** through the OpenTelemetry metrics API: messages sent, received, acked,
   retried, dead-lettered and unroutable; publish-confirm latency, handler duration and RPC
   round trip; RPCs in flight; reconnections. Attributes: ``messaging.system``,
@@ -112,8 +114,10 @@ class TelemetryMiddleware(Middleware):
                                           "Handler duration")
         self.rpc_duration = histogram("postage.rpc.duration", "s",
                                       "RPC round trip, request to reply")
-        self.rpc_in_flight = meter.create_up_down_counter(
-            "postage.rpc.in_flight", "{call}", "RPCs waiting for their reply")
+        self._in_flight: collections.Counter[tuple[str, ...]] = collections.Counter()
+        meter.create_observable_up_down_counter(
+            "postage.rpc.in_flight", [self._observer(self._in_flight)], "{call}",
+            "RPCs waiting for their reply")
         meter.create_observable_counter(
             "postage.connection.reconnections", [self._reconnections], "{reconnection}",
             "Reconnections of this process's connections")
@@ -135,9 +139,6 @@ class TelemetryMiddleware(Middleware):
                                   "postage.component": self.component})
 
     # -- attributes -------------------------------------------------------------------
-
-    def _metric_attributes(self, destination: str, operation: str) -> dict[str, str]:
-        return self._attributes(destination, operation, "")
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one middleware per instrumentation
     def _attributes(self, destination: str, operation: str, error: str) -> dict[str, str]:
@@ -181,66 +182,63 @@ class TelemetryMiddleware(Middleware):
         if message.kind == "request" and message.reply is not None:
             await self._request(message, call_next)
             return
-        await self._send(message, call_next, "publish")
-
-    async def _send(self, message: OutgoingMessage, call_next: PublishNext,
-                    operation: str, parent: Any = None) -> None:
         # the exchange; through the default exchange, the queue (the routing key)
         destination = message.exchange or message.routing_key
-        attributes = self._span_attributes(destination, message.routing_key, operation,
-                                           "send", message.properties, len(message.body))
-        started = time.perf_counter()
+        span = self.tracer.start_span(
+            f"publish {bounded_name(destination)}", kind=SpanKind.PRODUCER,
+            attributes=self._span_attributes(destination, message.routing_key, "publish",
+                                             "send", message.properties, len(message.body)))
         # not made current: nothing runs under it but the publish, and attaching a
         # context costs as much as the span
-        span = self.tracer.start_span(
-            f"{operation} {bounded_name(destination)}", context=parent,
-            kind=SpanKind.PRODUCER, attributes=attributes)
-        propagate.inject(message.headers, context=trace.set_span_in_context(span, parent))
+        propagate.inject(message.headers, context=trace.set_span_in_context(span))
+        started = time.perf_counter()
         try:
             await call_next(message)
         except BaseException as exc:
-            if isinstance(exc, Unroutable):
-                self._count("postage.messages.unroutable", destination, operation)
-                span.set_status(Status(StatusCode.ERROR, "unroutable"))
-            else:
-                self._count("messaging.client.sent.messages", destination, operation,
-                            type(exc).__name__)
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            span.end()
+            self._sending_failed(span, exc, destination, "publish")
             raise
         span.end()
-        self._count("messaging.client.sent.messages", destination, operation)
+        self._count("messaging.client.sent.messages", destination, "publish")
         self.publish_duration.record(time.perf_counter() - started,
-                                     self._attributes(destination, operation, ""))
+                                     self._attributes(destination, "publish", ""))
+
+    def _sending_failed(self, span: Any, exc: BaseException, destination: str,
+                        operation: str) -> None:
+        if isinstance(exc, Unroutable):
+            self._count("postage.messages.unroutable", destination, operation)
+            span.set_status(Status(StatusCode.ERROR, "unroutable"))
+        else:
+            self._count("messaging.client.sent.messages", destination, operation,
+                        type(exc).__name__)
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        span.end()
 
     async def _request(self, message: OutgoingMessage, call_next: PublishNext) -> None:
-        """A CLIENT span from the request to its reply (ended when the reply future is),
-        parent of the request's publish span."""
+        """One CLIENT span from the request to its reply (ended when the reply future is),
+        whose context the request carries: the server's processing span is its child.
+        The request's confirm is inside it; its latency counts in the round trip."""
         destination = message.exchange or message.routing_key
         span = self.tracer.start_span(
             f"send {bounded_name(destination)}", kind=SpanKind.CLIENT,
-            attributes=self._span_attributes(
-                message.exchange, message.routing_key, "send", "send", message.properties,
-                len(message.body)))
-        metric = self._metric_attributes(message.exchange or message.routing_key, "rpc")
+            attributes=self._span_attributes(destination, message.routing_key, "send",
+                                             "send", message.properties, len(message.body)))
+        propagate.inject(message.headers, context=trace.set_span_in_context(span))
         started = time.perf_counter()
-        token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            await self._send(message, call_next, "publish")
+            await call_next(message)
         except BaseException as exc:
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            span.end()
+            self._sending_failed(span, exc, destination, "publish")
             raise
-        finally:
-            otel_context.detach(token)
-        self.rpc_in_flight.add(1, metric)
+        self._count("messaging.client.sent.messages", destination, "publish")
+        in_flight = self._in_flight
+        key = (destination, "rpc", "")
+        in_flight[key] += 1
         reply = message.reply
         assert reply is not None
 
         def done(future: asyncio.Future[Any]) -> None:
-            self.rpc_in_flight.add(-1, metric)
+            in_flight[key] -= 1
             if future.cancelled():
                 span.set_status(Status(StatusCode.ERROR, "cancelled"))
             elif future.exception() is not None:
@@ -249,17 +247,31 @@ class TelemetryMiddleware(Middleware):
                 span.set_status(Status(StatusCode.ERROR, type(error).__name__))
             else:
                 span.add_event("reply")
-                self.rpc_duration.record(time.perf_counter() - started, metric)
+                self.rpc_duration.record(time.perf_counter() - started,
+                                         self._attributes(destination, "rpc", ""))
             span.end()
 
         reply.add_done_callback(done)
 
     async def reply(self, message: OutgoingMessage, request: IncomingMessage | None,
                     call_next: PublishNext) -> None:
-        # a child of the request's processing span (no longer the current one by now)
+        """A reply is an event of the request's processing span (still open: it ends when
+        the request is settled), and carries that span's context."""
+        destination = message.exchange or message.routing_key
         span = request.state.get(_SPAN_KEY) if request is not None else None
-        parent = trace.set_span_in_context(span) if span is not None else None
-        await self._send(message, call_next, "reply", parent)
+        if span is not None:
+            propagate.inject(message.headers, context=trace.set_span_in_context(span))
+        try:
+            await call_next(message)
+        except BaseException as exc:
+            self._count("messaging.client.sent.messages", destination, "reply",
+                        type(exc).__name__)
+            if span is not None:
+                span.add_event("reply failed", {"error.type": type(exc).__name__})
+            raise
+        self._count("messaging.client.sent.messages", destination, "reply")
+        if span is not None:
+            span.add_event("reply")
 
     # -- receiving --------------------------------------------------------------------
 
@@ -303,12 +315,11 @@ class TelemetryMiddleware(Middleware):
         state = message.state
         span = state.pop(_SPAN_KEY, None)
         started = state.pop(_STARTED_KEY, None)
-        metric = self._metric_attributes(message.queue, "process")
         if outcome == "acked":
             self._count("postage.messages.acked", message.queue, "process")
         if started is not None:
             took = time.perf_counter() - started
-            self.process_duration.record(took, metric)
+            self.process_duration.record(took, self._attributes(message.queue, "process", ""))
             self._handled += 1
             self._handler_seconds += took
         if span is not None:
