@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import itertools
+import os
 import threading
 import time
 import uuid
@@ -487,6 +488,8 @@ def kiwi_rpc_window(ctx: Ctx, window: int = 64) -> dict[str, float]:
 
 
 def kiwi_idle(ctx: Ctx) -> dict[str, float]:
+    if ctx.params.get("loop"):  # the blocking API's loop (read when it starts)
+        os.environ["POSTAGE_LOOP"] = ctx.params["loop"]
     with _kiwi_connect(ctx) as comm:
         ident = _kiwi_rpc_identifier(ctx)
         comm.add_rpc_subscriber(lambda _comm, body: body, identifier=ident)

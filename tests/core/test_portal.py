@@ -89,3 +89,39 @@ def test_a_function_failing_before_awaiting_raises_in_the_caller(portal: Blockin
 
     with pytest.raises(ValueError, match="sync failure"):
         portal.call(not_async)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("choice", ["asyncio", "uvloop", ""])
+def test_postage_loop_chooses_the_loop(choice: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if choice == "uvloop":
+        pytest.importorskip("uvloop")
+    monkeypatch.setenv("POSTAGE_LOOP", choice)
+    portal = BlockingPortal()
+    try:
+        async def loop_module() -> str:
+            return type(asyncio.get_running_loop()).__module__
+
+        module = portal.call(loop_module)
+    finally:
+        portal.stop()
+    if choice == "asyncio":
+        assert module.startswith("asyncio")
+    elif choice == "uvloop":
+        assert module.startswith("uvloop")
+
+
+def test_postage_loop_refuses_what_it_does_not_know(monkeypatch: pytest.MonkeyPatch) -> None:
+    from postage import ConfigurationError
+
+    monkeypatch.setenv("POSTAGE_LOOP", "trio")
+    with pytest.raises(ConfigurationError, match="POSTAGE_LOOP='trio': expected one of"):
+        BlockingPortal()
+
+
+def test_postage_loop_uvloop_without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from postage import ConfigurationError
+
+    monkeypatch.setenv("POSTAGE_LOOP", "uvloop")
+    monkeypatch.setitem(__import__("sys").modules, "uvloop", None)
+    with pytest.raises(ConfigurationError, match="uvloop is not installed"):
+        BlockingPortal()

@@ -12,19 +12,42 @@ __all__ = ["BlockingPortal", "default_portal"]
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from .._exceptions import ConnectionClosed, DeliveryTimeout, WrongThreadError, at_call_site
+from .._exceptions import (
+    ConfigurationError,
+    ConnectionClosed,
+    DeliveryTimeout,
+    WrongThreadError,
+    at_call_site,
+)
 
 T = TypeVar("T")
 
 
+LOOPS = ("uvloop", "asyncio")
+
+
 def _new_loop() -> asyncio.AbstractEventLoop:
+    """The loop of the blocking APIs: uvloop when installed (about 10 % faster sequential
+    sends), unless ``POSTAGE_LOOP=asyncio`` asks for the standard library's (about 2 MiB
+    less memory: uvloop's module and libuv). ``POSTAGE_LOOP=uvloop`` requires uvloop."""
+    choice = os.environ.get("POSTAGE_LOOP", "").strip().lower()
+    if choice and choice not in LOOPS:
+        raise ConfigurationError(
+            f"POSTAGE_LOOP={choice!r}: expected one of {', '.join(LOOPS)}")
+    if choice == "asyncio":
+        return asyncio.new_event_loop()
     try:
         import uvloop  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
+        if choice == "uvloop":
+            raise ConfigurationError(
+                "POSTAGE_LOOP=uvloop, but uvloop is not installed "
+                "(pip install uvloop)") from None
         return asyncio.new_event_loop()
     loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
     return loop
