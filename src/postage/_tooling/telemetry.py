@@ -182,11 +182,21 @@ class TelemetryMiddleware(Middleware):
         if message.kind == "request" and message.reply is not None:
             await self._request(message, call_next)
             return
+        span, destination, started = await self._send(message, call_next, "publish",
+                                                      SpanKind.PRODUCER)
+        span.end()
+        self.publish_duration.record(time.perf_counter() - started,
+                                     self._attributes(destination, "publish", ""))
+
+    async def _send(self, message: OutgoingMessage, call_next: PublishNext, operation: str,
+                    kind: SpanKind) -> tuple[Any, str, float]:
+        """Start the message's span, put its context in the headers, publish; the span
+        (open), the destination and when it started. A failure ends the span."""
         # the exchange; through the default exchange, the queue (the routing key)
         destination = message.exchange or message.routing_key
         span = self.tracer.start_span(
-            f"publish {bounded_name(destination)}", kind=SpanKind.PRODUCER,
-            attributes=self._span_attributes(destination, message.routing_key, "publish",
+            f"{operation} {bounded_name(destination)}", kind=kind,
+            attributes=self._span_attributes(destination, message.routing_key, operation,
                                              "send", message.properties, len(message.body)))
         # not made current: nothing runs under it but the publish, and attaching a
         # context costs as much as the span
@@ -197,10 +207,8 @@ class TelemetryMiddleware(Middleware):
         except BaseException as exc:
             self._sending_failed(span, exc, destination, "publish")
             raise
-        span.end()
         self._count("messaging.client.sent.messages", destination, "publish")
-        self.publish_duration.record(time.perf_counter() - started,
-                                     self._attributes(destination, "publish", ""))
+        return span, destination, started
 
     def _sending_failed(self, span: Any, exc: BaseException, destination: str,
                         operation: str) -> None:
@@ -218,19 +226,8 @@ class TelemetryMiddleware(Middleware):
         """One CLIENT span from the request to its reply (ended when the reply future is),
         whose context the request carries: the server's processing span is its child.
         The request's confirm is inside it; its latency counts in the round trip."""
-        destination = message.exchange or message.routing_key
-        span = self.tracer.start_span(
-            f"send {bounded_name(destination)}", kind=SpanKind.CLIENT,
-            attributes=self._span_attributes(destination, message.routing_key, "send",
-                                             "send", message.properties, len(message.body)))
-        propagate.inject(message.headers, context=trace.set_span_in_context(span))
-        started = time.perf_counter()
-        try:
-            await call_next(message)
-        except BaseException as exc:
-            self._sending_failed(span, exc, destination, "publish")
-            raise
-        self._count("messaging.client.sent.messages", destination, "publish")
+        span, destination, started = await self._send(message, call_next, "send",
+                                                      SpanKind.CLIENT)
         in_flight = self._in_flight
         key = (destination, "rpc", "")
         in_flight[key] += 1
@@ -243,7 +240,7 @@ class TelemetryMiddleware(Middleware):
                 span.set_status(Status(StatusCode.ERROR, "cancelled"))
             elif future.exception() is not None:
                 error = future.exception()
-                span.record_exception(error)  # type: ignore[arg-type]
+                span.record_exception(error)
                 span.set_status(Status(StatusCode.ERROR, type(error).__name__))
             else:
                 span.add_event("reply")
