@@ -76,6 +76,10 @@ async def ready(core: Core, queue: str) -> int:
     return (await core.transport.queue_state(queue))[0]
 
 
+async def _ready_is(core: Core, queue: str, count: int) -> bool:
+    return await ready(core, queue) == count
+
+
 # -- publishing and routing ---------------------------------------------------------------
 
 
@@ -285,6 +289,50 @@ async def test_nack_requeues_at_the_head_flagged_redelivered(core: Core, names: 
     assert fourth.body == b"3"
     await fourth.ack()
     assert await ready(core, queue) == 0
+
+
+async def test_get_takes_the_oldest_message_and_the_caller_settles_it(core: Core,
+                                                                      names: Names) -> None:
+    queue = await queue_with(core, names)
+    assert await core.get(queue) is None  # nothing ready
+    for body in (b"1", b"2"):
+        await core.publish("", queue, body, Properties(message_id=f"m{body.decode()}"))
+    first = await core.get(queue)
+    assert first is not None
+    assert (first.body, first.redelivered, first.properties.message_id) == (b"1", False, "m1")
+    assert await ready(core, queue) == 1  # taken, not yet settled
+    assert await first.nack(requeue=True)
+    again = await core.get(queue)
+    assert again is not None and (again.body, again.redelivered) == (b"1", True)
+    assert await again.ack()
+    second = await core.get(queue)
+    assert second is not None and second.body == b"2"
+    assert await second.reject(requeue=False)
+    assert await core.get(queue) is None
+    assert await ready(core, queue) == 0
+
+
+async def test_get_from_a_missing_queue_is_not_found_and_harms_nothing(core: Core,
+                                                                        names: Names) -> None:
+    queue = await queue_with(core, names)
+    await core.publish("", queue, b"kept")
+    taken = await core.get(queue)
+    assert taken is not None
+    control = getattr(core.transport, "_control", None)
+    with pytest.raises(NotFound):
+        await core.get(names.queue("absent"))
+    # declarations go on as before (on RabbitMQ, on the same control channel: the refused
+    # get closed only the channel of gets), and so do gets
+    assert getattr(core.transport, "_control", None) is control
+    other = await queue_with(core, names)
+    await core.publish("", other, b"next")
+    got = await core.get(other)
+    assert got is not None and got.body == b"next"
+    assert await got.ack()
+    # the message taken before, on the channel the refusal closed, went back to its
+    # queue; settling it now reports the closed channel
+    assert not await taken.ack()
+    await eventually(lambda: _ready_is(core, queue, 1))
 
 
 async def test_unsettled_messages_return_when_the_consumer_goes(core: Core,

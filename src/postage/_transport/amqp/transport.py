@@ -82,6 +82,7 @@ class AmqpTransport(AmqpPublisher):
         self._getter: Any = None  # the channel of basic.get deliveries
         self._supervisor: asyncio.Task[None] | None = None
         self._control_lock = asyncio.Lock()
+        self._getter_lock = asyncio.Lock()
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -256,17 +257,24 @@ class AmqpTransport(AmqpPublisher):
     # -- declarations -----------------------------------------------------------------
 
     async def _control_call(self, op: Callable[[Any], Awaitable[T]], timeout: float | None) -> T:
+        """``op(channel)`` on the control channel (declarations, deletions, bindings)."""
+        return await self._channel_call("_control", self._control_lock, op, timeout)
+
+    async def _channel_call(self, slot: str, lock: asyncio.Lock,
+                            op: Callable[[Any], Awaitable[T]], timeout: float | None) -> T:
+        """``op(channel)`` on the kept channel ``slot`` (opened when missing), under
+        ``lock``, within ``timeout``; through a lost link, again once recovered. A channel
+        the broker closes (NOT_FOUND, say) is forgotten, and only that one."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             await self._wait_ready(deadline)
-            async with self._control_lock:
-                channel = self._control
+            async with lock:
+                channel = getattr(self, slot)
                 try:
                     if channel is None or channel.is_closed:
-                        channel = self._control = await self._connection.channel(
-                            publisher_confirms=False
-                        )
+                        channel = await self._connection.channel(publisher_confirms=False)
+                        setattr(self, slot, channel)
                     remaining = None if deadline is None else max(0.01, deadline - loop.time())
                     return await asyncio.wait_for(op(channel), remaining)
                 except TimeoutError:
@@ -275,7 +283,7 @@ class AmqpTransport(AmqpPublisher):
                     if self._connection is not None and self._connection.is_closed:
                         pass  # the link failed: wait for recovery and try again
                     else:
-                        self._control = None
+                        setattr(self, slot, None)
                         raise translate_error(exc) from None
                 except Exception as exc:
                     if not is_link_failure(exc):
@@ -391,18 +399,17 @@ class AmqpTransport(AmqpPublisher):
         return consumer
 
     async def get(self, queue: str, *, timeout: float = 30.0) -> Delivery | None:
-        """basic.get on a channel kept for it (its deliveries are settled there)."""
-        async def take(_control: Any) -> Delivery | None:
-            channel = self._getter
-            if channel is None or channel.is_closed:
-                channel = self._getter = await self._connection.channel(
-                    publisher_confirms=False)
+        """basic.get on a channel kept for it (its deliveries are settled there), with its
+        own lock: gets do not wait behind declarations, and a refused one (NOT_FOUND)
+        closes only that channel. (Deliveries taken on it and not yet settled go back to
+        their queues then, as with any closed channel; settling them later fails.)"""
+        async def take(channel: Any) -> Delivery | None:
             message = await channel.basic_get(queue, no_ack=False)
             if isinstance(message.delivery, spec.Basic.GetEmpty):
                 return None
             return AmqpDelivery(message, channel, False)
 
-        return await self._control_call(take, timeout)
+        return await self._channel_call("_getter", self._getter_lock, take, timeout)
 
     @property
     def server_properties(self) -> dict[str, Any]:

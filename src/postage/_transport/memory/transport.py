@@ -384,7 +384,16 @@ class MemoryTransport(Transport):
                 self, "", _no_callback, prefetch_count=0, no_ack=False, exclusive=False,
                 arguments=None)
             getter.channel = _Channel()
-        return self._broker.take(queue, getter)
+        try:
+            return self._broker.take(queue, getter)
+        except ChannelError:
+            # as RabbitMQ: the refusal closes the channel of gets, whose unsettled
+            # deliveries go back to their queues (settling them reports the closed channel)
+            self._getter = None
+            if getter.channel is not None:
+                getter.channel.closed = True
+            self._broker.release(getter)
+            raise
 
     @property
     def server_properties(self) -> dict[str, Any]:
