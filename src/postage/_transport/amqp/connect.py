@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-__all__ = ["connect_error", "open_connection", "ssl_context"]
+__all__ = ["close_socket", "connect_error", "open_connection", "ssl_context"]
 
 import asyncio
 import ssl
+import weakref
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import aiormq
+from aiormq.connection import TCPTransportFactory, TLSTransportFactory, TransportFactory
 
 from ..._exceptions import (
     AuthenticationError,
@@ -36,12 +38,49 @@ async def open_connection(settings: ConnectionSettings, url: str) -> Any:
     context = ssl_context(settings) if sp.scheme == "amqps" else None
     properties = {"product": "postage", **dict(settings.client_properties)}
     quiet_connect_errors()
+    streams = _KeptStreams(tls=sp.scheme == "amqps")
     try:
-        return await aiormq.connect(client_url, context=context, client_properties=properties)
+        connection = await aiormq.connect(client_url, context=context,
+                                          client_properties=properties,
+                                          transport_factory=streams)
     except asyncio.CancelledError:
+        streams.close()
         raise
     except BaseException as exc:
+        streams.close()
         raise connect_error(url, exc) from None
+    _STREAMS[connection] = streams
+    return connection
+
+
+_STREAMS: weakref.WeakKeyDictionary[Any, _KeptStreams] = weakref.WeakKeyDictionary()
+
+
+def close_socket(connection: Any) -> None:
+    """Close the socket of a connection that is gone (aiormq 6.9 leaves it open when the
+    broker closed the connection, until the garbage collector warns about it)."""
+    streams = _STREAMS.get(connection)
+    if streams is not None:
+        streams.close()
+
+
+class _KeptStreams(TransportFactory):
+    """Opens a connection's socket as aiormq does (plain or TLS), keeping its writer so
+    that Postage can close the socket of a lost connection (:func:`close_socket`)."""
+
+    def __init__(self, *, tls: bool) -> None:
+        self._inner = TLSTransportFactory() if tls else TCPTransportFactory()
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def create(self, url: Any, **kwargs: Any) -> tuple[Any, Any]:
+        reader, writer = await self._inner.create(url, **kwargs)
+        self._writer = writer
+        return reader, writer
+
+    def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None and not writer.is_closing():
+            writer.close()
 
 
 def connect_error(url: str, exc: BaseException) -> PostageError:

@@ -41,7 +41,7 @@ from ..._exceptions import (
 from ..._settings import ConnectionSettings, redact_url
 from ..._wire.properties import Binding, ExchangeSpec, QueueSpec
 from ..base import Consumer, Delivery, DeliveryCallback
-from .connect import open_connection
+from .connect import close_socket, open_connection
 from .consumer import AmqpConsumer, AmqpDelivery
 from .errors import is_link_failure, translate_error
 from .flow import watch_flow
@@ -125,6 +125,8 @@ class AmqpTransport(AmqpPublisher):
         if connection is not None and not connection.is_closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.close(), max(0.5, deadline - loop.time()))
+        if connection is not None:
+            close_socket(connection)
 
     async def _connect_any(self) -> None:
         errors: list[str] = []
@@ -210,6 +212,7 @@ class AmqpTransport(AmqpPublisher):
             if connection.closing.done() and not connection.closing.cancelled():
                 reason = connection.closing.exception()
             self._ready.clear()
+            close_socket(connection)
             lost_publisher = self._publisher
             _fail_unconfirmed(lost_publisher)
             self._interrupt_publishes(lost_publisher)
@@ -232,6 +235,8 @@ class AmqpTransport(AmqpPublisher):
                     if self._connection is not None and not self._connection.is_closed:
                         with contextlib.suppress(Exception):
                             await self._connection.close()
+                    if self._connection is not None:
+                        close_socket(self._connection)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.settings.reconnect_max_delay)
                     continue
