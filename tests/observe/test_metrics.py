@@ -13,6 +13,7 @@ import time
 import urllib.request
 
 import postage
+import postage.aio
 from postage import RetryPolicy
 from postage.testing import fresh_broker
 
@@ -148,3 +149,24 @@ def test_random_parts_of_names_are_folded() -> None:
     assert bounded_name("worker.4242") == "worker.{id}"
     assert bounded_name("amq.rabbitmq.reply-to.g1h2AA==.x") == "amq.rabbitmq.reply-to"
     assert bounded_name("orders.eu") == "orders.eu"
+
+
+async def test_presence_traffic_is_neither_counted_nor_traced(telemetry: Telemetry) -> None:
+    """A monitor's probes and the status messages a watcher hears are Postage's own
+    control traffic: they must not show as messages the component handled (a monitor
+    would otherwise raise the rates it measures)."""
+    from postage._api.presence import PresenceWatcher
+    from postage.opentelemetry import PostageInstrumentor
+
+    middleware = PostageInstrumentor._middleware
+    assert middleware is not None
+    async with postage.aio.connect(fresh_broker().url) as comm:
+        await comm.announce(interval=0.05)
+        async with PresenceWatcher(comm) as watcher:
+            for _ in range(3):
+                assert await watcher.probe(timeout=0.3) == 1
+            await asyncio.sleep(0.2)  # heartbeats heard by the watcher
+            assert watcher.components()
+    assert middleware.presence_info()["messages_handled"] == 0
+    assert not telemetry.by_name("process")
+    assert telemetry.total("messaging.client.consumed.messages") == 0

@@ -59,8 +59,11 @@ _KEY_FIELDS = ("name", "type", "pid", "host", "vhost")
 
 Info = Callable[[], Mapping[str, Any]]
 # Presence news is transient (no-ack, expiring): what cannot be handled is logged, dropped
-_NEWS = HandlingOptions(errors="log", dead_letter_queue=None)
-_STATUS = HandlingOptions(errors="log", envelope=True, dead_letter_queue=None)
+# Postage's own control traffic: the connection's middleware does not see it (a monitor's
+# probe must not count as a message the component handled)
+_NEWS = HandlingOptions(errors="log", dead_letter_queue=None, middleware=False)
+_STATUS = HandlingOptions(errors="log", envelope=True, dead_letter_queue=None,
+                          middleware=False)
 
 
 def component_key(fingerprint: Mapping[str, Any]) -> tuple[str, ...]:

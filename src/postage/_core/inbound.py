@@ -157,6 +157,8 @@ class HandlingOptions:
     ``encoder``, ``max_message_size``, ``accept_content_types``: decoding rules in place of
     the core's (the content types are added to the core's).
     ``replies``: the API's encoding of results and errors for ``reply_to``.
+    ``middleware``: False for Postage's own control traffic (presence probes and status
+    messages), which the connection's middleware neither sees nor counts.
     """
 
     policy: RetryPolicy | None = None
@@ -167,6 +169,7 @@ class HandlingOptions:
     max_message_size: int | None = None
     accept_content_types: frozenset[str] = frozenset()
     replies: Replies | None = None
+    middleware: bool = True
 
     def __post_init__(self) -> None:
         if self.errors not in ("retry", "answer", "log"):
@@ -192,11 +195,12 @@ class Subscription:
         self.consumer: Consumer | None = None
         dlq = options.dead_letter_queue
         self.dead_letter_queue = f"{queue}.dlq" if dlq == "" else dlq
-        self._handle: HandleNext = chain_handle(core.middleware, handler)
-        self._track = any(overrides(m, "reply") for m in core.middleware)
-        self._notify_retry = [m for m in core.middleware if overrides(m, "retried")]
-        self._notify_dead = [m for m in core.middleware if overrides(m, "dead_lettered")]
-        self._notify_settled = [m for m in core.middleware if overrides(m, "settled")]
+        middleware = core.middleware if options.middleware else ()
+        self._handle: HandleNext = chain_handle(middleware, handler)
+        self._track = any(overrides(m, "reply") for m in middleware)
+        self._notify_retry = [m for m in middleware if overrides(m, "retried")]
+        self._notify_dead = [m for m in middleware if overrides(m, "dead_lettered")]
+        self._notify_settled = [m for m in middleware if overrides(m, "settled")]
         self._max_size = (core.max_message_size if options.max_message_size is None
                           else options.max_message_size)
         self._accept = core.accept_content_types | options.accept_content_types
