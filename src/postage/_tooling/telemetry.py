@@ -205,22 +205,18 @@ class TelemetryMiddleware(Middleware):
         try:
             await call_next(message)
         except BaseException as exc:
-            self._sending_failed(span, exc, destination, "publish")
+            if isinstance(exc, Unroutable):
+                self._count("postage.messages.unroutable", destination, "publish")
+                span.set_status(Status(StatusCode.ERROR, "unroutable"))
+            else:
+                self._count("messaging.client.sent.messages", destination, "publish",
+                            type(exc).__name__)
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            span.end()
             raise
         self._count("messaging.client.sent.messages", destination, "publish")
         return span, destination, started
-
-    def _sending_failed(self, span: Any, exc: BaseException, destination: str,
-                        operation: str) -> None:
-        if isinstance(exc, Unroutable):
-            self._count("postage.messages.unroutable", destination, operation)
-            span.set_status(Status(StatusCode.ERROR, "unroutable"))
-        else:
-            self._count("messaging.client.sent.messages", destination, operation,
-                        type(exc).__name__)
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-        span.end()
 
     async def _request(self, message: OutgoingMessage, call_next: PublishNext) -> None:
         """One CLIENT span from the request to its reply (ended when the reply future is),
