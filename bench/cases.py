@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -53,6 +53,23 @@ PKIWI = ("postage.kiwipy",)
 POSTAGE_WINDOW: dict[str, Any] = {"module": "postage", "connect": {"send_window": 256}}
 POSTAGE_WINDOW64: dict[str, Any] = {"module": "postage", "connect": {"send_window": 64}}
 
+# OpenTelemetry on (bench.postage_cases._instrument): params["otel"] -> (the case id's
+# suffix, what the label adds)
+OTEL_MODES = {
+    "noop": ("otel", "no-op exporter"),
+    "batch": ("otel-batch", "BatchSpanProcessor"),
+    "sampled": ("otel-sampled", "BatchSpanProcessor, 10 % sampled"),
+}
+
+
+def with_otel(base: Case) -> list[Case]:
+    """``base``, then the same case with OpenTelemetry on, in each of :data:`OTEL_MODES`."""
+    return [base] + [
+        replace(base, id=f"{base.id}.{suffix}", label=f"{base.label}, OpenTelemetry on ({what})",
+                requires=(*base.requires, *OTEL), params={**base.params, "otel": mode})
+        for mode, (suffix, what) in OTEL_MODES.items()]
+
+
 CASES: list[Case] = [
     # (1) publish throughput, persistent, confirmed
     Case("publish.pika", "publish", "pika", "BlockingConnection, confirms, sequential",
@@ -81,20 +98,9 @@ CASES: list[Case] = [
     Case("publish.comm.window", "publish", "Postage communicator",
          "task_send(no_reply=True), send_window = 256 (opt-in)", P + "kiwi_publish",
          "rate", 20000, 3000, postage=True, requires=COMM, params=POSTAGE_WINDOW),
-    Case("publish.client.256", "publish", "Postage AsyncClient", "publish, 256 in flight",
-         Q + "client_publish_window", "rate", 20000, 3000, postage=True, requires=CLIENT),
-    Case("publish.client.256.otel", "publish", "Postage AsyncClient",
-         "publish, 256 in flight, OpenTelemetry on (spans one by one to a no-op exporter)",
-         Q + "client_publish_window", "rate", 20000, 3000, postage=True,
-         requires=(*CLIENT, *OTEL), params={"otel": "noop"}),
-    Case("publish.client.256.otel-batch", "publish", "Postage AsyncClient",
-         "publish, 256 in flight, OpenTelemetry on (BatchSpanProcessor)",
-         Q + "client_publish_window", "rate", 20000, 3000, postage=True,
-         requires=(*CLIENT, *OTEL), params={"otel": "batch"}),
-    Case("publish.client.256.otel-sampled", "publish", "Postage AsyncClient",
-         "publish, 256 in flight, OpenTelemetry on (BatchSpanProcessor, 10 % sampled)",
-         Q + "client_publish_window", "rate", 20000, 3000, postage=True,
-         requires=(*CLIENT, *OTEL), params={"otel": "sampled"}),
+    *with_otel(Case("publish.client.256", "publish", "Postage AsyncClient",
+                    "publish, 256 in flight", Q + "client_publish_window", "rate", 20000,
+                    3000, postage=True, requires=CLIENT)),
     # (2) end-to-end publish -> handler -> ack
     Case("e2e.aiopika", "e2e", "aio-pika", "256 in flight, prefetch 256",
          P + "aiopika_e2e", "rate", 20000, 3000),
@@ -109,20 +115,8 @@ CASES: list[Case] = [
          postage=True, requires=COMM, params=POSTAGE_WINDOW),
     Case("e2e.aiocomm", "e2e", "Postage aio communicator", "task_send 256 in flight",
          Q + "aio_comm_e2e", "rate", 20000, 3000, postage=True, requires=AIOCOMM),
-    Case("e2e.client", "e2e", "Postage AsyncClient", "256 in flight, prefetch 256",
-         Q + "client_e2e", "rate", 20000, 3000, postage=True, requires=CLIENT),
-    Case("e2e.client.otel", "e2e", "Postage AsyncClient",
-         "256 in flight, prefetch 256, OpenTelemetry on (no-op exporter)",
-         Q + "client_e2e", "rate", 20000, 3000, postage=True, requires=(*CLIENT, *OTEL),
-         params={"otel": "noop"}),
-    Case("e2e.client.otel-batch", "e2e", "Postage AsyncClient",
-         "256 in flight, prefetch 256, OpenTelemetry on (BatchSpanProcessor)",
-         Q + "client_e2e", "rate", 20000, 3000, postage=True, requires=(*CLIENT, *OTEL),
-         params={"otel": "batch"}),
-    Case("e2e.client.otel-sampled", "e2e", "Postage AsyncClient",
-         "256 in flight, prefetch 256, OpenTelemetry on (BatchSpanProcessor, 10 % sampled)",
-         Q + "client_e2e", "rate", 20000, 3000, postage=True, requires=(*CLIENT, *OTEL),
-         params={"otel": "sampled"}),
+    *with_otel(Case("e2e.client", "e2e", "Postage AsyncClient", "256 in flight, prefetch 256",
+                    Q + "client_e2e", "rate", 20000, 3000, postage=True, requires=CLIENT)),
     # (3) sequential RPC latency
     Case("rpc.pika", "rpc", "pika", "tutorial RPC (callback queue)",
          P + "pika_rpc", "latency", 2000, 300),
@@ -136,20 +130,9 @@ CASES: list[Case] = [
          P + "kiwi_rpc_seq", "latency", 2000, 300, postage=True, requires=COMM, params=POSTAGE),
     Case("rpc.aiocomm", "rpc", "Postage aio communicator", "await rpc_send()",
          Q + "aio_comm_rpc_seq", "latency", 2000, 300, postage=True, requires=AIOCOMM),
-    Case("rpc.client", "rpc", "Postage AsyncClient", "await client.rpc()",
-         Q + "client_rpc_seq", "latency", 2000, 300, postage=True, requires=CLIENT),
-    Case("rpc.client.otel", "rpc", "Postage AsyncClient",
-         "await client.rpc(), OpenTelemetry on (no-op exporter)",
-         Q + "client_rpc_seq", "latency", 2000, 300, postage=True, requires=(*CLIENT, *OTEL),
-         params={"otel": "noop"}),
-    Case("rpc.client.otel-batch", "rpc", "Postage AsyncClient",
-         "await client.rpc(), OpenTelemetry on (BatchSpanProcessor)",
-         Q + "client_rpc_seq", "latency", 2000, 300, postage=True, requires=(*CLIENT, *OTEL),
-         params={"otel": "batch"}),
-    Case("rpc.client.otel-sampled", "rpc", "Postage AsyncClient",
-         "await client.rpc(), OpenTelemetry on (BatchSpanProcessor, 10 % sampled)",
-         Q + "client_rpc_seq", "latency", 2000, 300, postage=True, requires=(*CLIENT, *OTEL),
-         params={"otel": "sampled"}),
+    *with_otel(Case("rpc.client", "rpc", "Postage AsyncClient", "await client.rpc()",
+                    Q + "client_rpc_seq", "latency", 2000, 300, postage=True,
+                    requires=CLIENT)),
     Case("rpc.classic", "rpc", "Postage classic", "blocking rpc_X",
          Q + "classic_rpc_seq", "latency", 2000, 300, postage=True, requires=CLASSIC),
     # (4) 64 RPCs in flight
@@ -235,6 +218,26 @@ class Target:
     opt_in: bool = False  # measured with an explicit opt-in, beside the default's row
 
 
+# the overhead of OpenTelemetry: the case without it, how its target reads, op and bound
+OTEL_TARGETS = (("publish.client.256", "AsyncClient publish (256)", ">=", 0.9),
+                ("e2e.client", "AsyncClient end-to-end", ">=", 0.9),
+                ("rpc.client", "AsyncClient RPC p50", "<=", 1.1))
+
+
+def otel_targets() -> list[Target]:
+    """Each OpenTelemetry case against the same case without it: every span recorded
+    (no-op exporter, BatchSpanProcessor), then one trace in ten sampled (opt-in)."""
+    recorded = [Target(f"OpenTelemetry on, {what}: {text} {op} {bound:g}x off",
+                       f"{case}.{suffix}", op, bound, case)
+                for case, text, op, bound in OTEL_TARGETS
+                for mode, (suffix, what) in OTEL_MODES.items() if mode != "sampled"]
+    suffix = OTEL_MODES["sampled"][0]
+    return recorded + [
+        Target(f"(opt-in) OpenTelemetry, 10 % sampled: {text} {op} {bound:g}x off",
+               f"{case}.{suffix}", op, bound, case, opt_in=True)
+        for case, text, op, bound in OTEL_TARGETS]
+
+
 TARGETS: list[Target] = [
     Target("classic message_X publish >= 3x pika", "publish.classic", ">=", 3.0, "publish.pika"),
     Target("AsyncClient publish (256) >= 1.0x aio-pika (256)", "publish.client.256", ">=", 1.0,
@@ -283,25 +286,8 @@ TARGETS: list[Target] = [
     Target("(opt-in) idle communicator, POSTAGE_LOOP=asyncio <= 30 MB RSS",
            "idle.comm.asyncio", "<=", 30.0, opt_in=True),
     Target("10,000 pending RPCs (communicator) <= 12 MB", "pending.comm", "<=", 12.0),
+    *otel_targets(),
     # the core, the path every API is built on: how much headroom the APIs have
-    Target("OpenTelemetry on, no-op exporter: AsyncClient publish (256) >= 0.9x off",
-           "publish.client.256.otel", ">=", 0.9, "publish.client.256"),
-    Target("OpenTelemetry on, BatchSpanProcessor: AsyncClient publish (256) >= 0.9x off",
-           "publish.client.256.otel-batch", ">=", 0.9, "publish.client.256"),
-    Target("OpenTelemetry on, no-op exporter: AsyncClient end-to-end >= 0.9x off",
-           "e2e.client.otel", ">=", 0.9, "e2e.client"),
-    Target("OpenTelemetry on, BatchSpanProcessor: AsyncClient end-to-end >= 0.9x off",
-           "e2e.client.otel-batch", ">=", 0.9, "e2e.client"),
-    Target("OpenTelemetry on, no-op exporter: AsyncClient RPC p50 <= 1.1x off",
-           "rpc.client.otel", "<=", 1.1, "rpc.client"),
-    Target("OpenTelemetry on, BatchSpanProcessor: AsyncClient RPC p50 <= 1.1x off",
-           "rpc.client.otel-batch", "<=", 1.1, "rpc.client"),
-    Target("(opt-in) OpenTelemetry, 10 % sampled: AsyncClient publish (256) >= 0.9x off",
-           "publish.client.256.otel-sampled", ">=", 0.9, "publish.client.256", opt_in=True),
-    Target("(opt-in) OpenTelemetry, 10 % sampled: AsyncClient end-to-end >= 0.9x off",
-           "e2e.client.otel-sampled", ">=", 0.9, "e2e.client", opt_in=True),
-    Target("(opt-in) OpenTelemetry, 10 % sampled: AsyncClient RPC p50 <= 1.1x off",
-           "rpc.client.otel-sampled", "<=", 1.1, "rpc.client", opt_in=True),
     Target("(core) publish 256 >= 1.0x aio-pika", "publish.core.256", ">=", 1.0,
            "publish.aiopika.256", reference=True),
     Target("(core) publish 256 >= 0.9x aiormq", "publish.core.256", ">=", 0.9,
