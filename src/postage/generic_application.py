@@ -49,6 +49,7 @@ from typing import Any, ClassVar
 from . import messaging
 from ._api.classic import runtime as _runtime
 from ._api.presence import PRESENCE_EXCHANGE, PresenceAnnouncer
+from ._blocking.facade import outer_deadline
 
 log = logging.getLogger("postage.classic.application")
 
@@ -113,7 +114,8 @@ class GenericApplication(messaging.MessageProcessor):
             self.consumer.core, self.fingerprint, interval=self.presence_interval,
             exchange=self.presence_exchange, info=lambda: {"groups": list(self.groups)})
         try:
-            _runtime.portal().call(announcer.start, timeout=self.consumer.operation_timeout)
+            _runtime.portal().call(
+                announcer.start, timeout=outer_deadline(None, self.consumer.operation_timeout))
         except Exception as exc:  # presence is best effort: the component works without it
             log.warning("%s: cannot announce presence: %s", self.name, exc)
             return
@@ -123,7 +125,7 @@ class GenericApplication(messaging.MessageProcessor):
         announcer, self._presence = self._presence, None
         if announcer is not None:
             try:
-                _runtime.portal().call(announcer.stop, timeout=10.0)
+                _runtime.portal().call(announcer.stop, timeout=outer_deadline(5.0, 5.0))
             except Exception as exc:
                 log.warning("%s: cannot announce going offline: %s", self.name, exc)
 

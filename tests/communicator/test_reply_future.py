@@ -9,7 +9,7 @@ import concurrent.futures
 import threading
 from typing import Any
 
-from postage._api.communicator.blocking import _to_concurrent
+from postage._blocking.futures import follow as _to_concurrent
 from postage._blocking.portal import BlockingPortal
 
 
@@ -21,7 +21,7 @@ def test_many_threads_wait_on_futures_completed_by_the_loop() -> None:
             return [loop.create_future() for _ in range(200)]
 
         sources = portal.call(make, timeout=10)
-        futures = [_to_concurrent(source, portal.loop) for source in sources]
+        futures = [_to_concurrent(source, portal) for source in sources]
         assert all("_lazy_condition" not in f.__dict__ for f in futures)  # none made yet
         results: list[Any] = []
         lock = threading.Lock()
@@ -61,7 +61,7 @@ def test_cancelling_the_concurrent_future_cancels_the_source() -> None:
             return asyncio.get_running_loop().create_future()
 
         source = portal.call(make, timeout=10)
-        future = _to_concurrent(source, portal.loop)
+        future = _to_concurrent(source, portal)
         called = threading.Event()
         future.add_done_callback(lambda _f: called.set())
         assert future.cancel()

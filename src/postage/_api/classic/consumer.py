@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
+from ..._blocking.facade import outer_deadline
 from ..._core.core import Core, HandlingOptions, RetryPolicy, Subscription
 from ..._core.middleware import IncomingMessage
 from ..._exceptions import ConfigurationError
@@ -86,7 +87,7 @@ class GenericConsumer:
         self.add_eqk(self.eqk)
 
     def _call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
-        return _runtime.portal().call(fn, timeout=self.operation_timeout)
+        return _runtime.portal().call(fn, timeout=outer_deadline(None, self.operation_timeout))
 
     def add_eqk(self, eqk: Sequence[Any]) -> None:
         for exchange, qk_list in _pairs(eqk):
@@ -191,7 +192,7 @@ class GenericConsumer:
         async def stop() -> None:
             await asyncio.gather(*(sub.cancel(timeout) for sub in subs))
 
-        _runtime.portal().call(stop, timeout=timeout + 5)
+        _runtime.portal().call(stop, timeout=outer_deadline(timeout, self.operation_timeout))
 
     @property
     def consuming(self) -> bool:

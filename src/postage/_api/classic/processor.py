@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..._blocking.facade import outer_deadline
 from ..._core.inbound import RetryPolicy
 from ..._core.middleware import IncomingMessage
 from ..._exceptions import ConfigurationError
@@ -162,7 +163,7 @@ class _Reply:
         props = Properties(content_type=consumer.encoder.content_type)
         _runtime.portal().call(
             functools.partial(consumer.core.reply, self._delivery, body, props),
-            timeout=consumer.operation_timeout)
+            timeout=outer_deadline(None, consumer.operation_timeout))
 
 
 class MessageProcessor(MicroThread):

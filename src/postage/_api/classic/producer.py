@@ -43,9 +43,10 @@ import contextlib
 import functools
 import logging
 import uuid
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ClassVar, TypeVar
 
+from ..._blocking.facade import outer_deadline
 from ..._blocking.window import SendWindow
 from ..._core.core import Core, HandlingOptions
 from ..._core.middleware import IncomingMessage
@@ -77,6 +78,7 @@ log = logging.getLogger("postage.classic.producer")
 _REPLY_QUEUE = HandlingOptions(errors="log", dead_letter_queue=None)
 
 EK = tuple[type[Exchange], str]
+T = TypeVar("T")
 
 
 async def declare_exchange(core: Core, exchange: type[Exchange]) -> None:
@@ -132,8 +134,12 @@ class GenericProducer:
             for exchange in missing:
                 await declare_exchange(self._core, exchange)
 
-        _runtime.portal().call(declare_all, timeout=self.publish_timeout)
+        self._wait(declare_all, bound=self.publish_timeout * len(missing))
         self._declared.update(e.name for e in missing)
+
+    def _wait(self, fn: Callable[[], Awaitable[T]], *, bound: float) -> T:
+        """Run ``fn()`` on the portal; wait by the blocking APIs' one deadline rule."""
+        return _runtime.portal().call(fn, timeout=outer_deadline(bound, self.publish_timeout))
 
     def _get_eks(self, kwds: dict[str, Any]) -> list[EK]:
         key = kwds.pop("_key", None)
@@ -171,8 +177,8 @@ class GenericProducer:
             self._pipeline.submit(self._publish_to, (targets, body, props, delay))
             return
         log.debug("--> %s: %s to %s", type(self).__name__, what, targets)
-        _runtime.portal().call(self._publish_to, targets, body, props, delay,
-                               timeout=self.publish_timeout * len(targets) + 5)
+        self._wait(functools.partial(self._publish_to, targets, body, props, delay),
+                   bound=self.publish_timeout * len(targets))
 
     async def _publish_to(self, targets: list[tuple[str, str]], body: bytes,
                           props: Properties, delay: float | None = None) -> None:
@@ -211,14 +217,14 @@ class GenericProducer:
         body = self._stamp(message)
         exchange, key = eks[0]
         if queue_only:
-            return _runtime.portal().call(
+            return self._wait(
                 functools.partial(self._rpc_to_queue, exchange.name, key, body, delay),
-                timeout=self.publish_timeout + 5)
-        total = (max_retry + 1) * (timeout + self.publish_timeout) + (delay or 0) + 5
-        result: Message = _runtime.portal().call(
+                bound=self.publish_timeout)
+        tries = (max_retry + 1) * (timeout + self.publish_timeout) + (delay or 0)
+        result: Message = self._wait(
             functools.partial(self._rpc_async, exchange.name, key, body, timeout, max_retry,
                               delay),
-            timeout=total)
+            bound=tries)
         return result
 
     async def _rpc_async(
@@ -265,8 +271,7 @@ class GenericProducer:
                 return []
             return [self._decode_reply(r.body, r.content_type) for r in replies]
 
-        result: list[Message] = _runtime.portal().call(
-            gather, timeout=timeout + self.publish_timeout + 5)
+        result: list[Message] = self._wait(gather, bound=timeout + self.publish_timeout)
         return result
 
     def _decode_reply(self, body: bytes, content_type: str | None) -> Message:
@@ -321,7 +326,8 @@ class GenericProducer:
                 await core.delete_queue(queue, timeout=5.0)
             return self._decode_reply(body, content_type)
 
-        result: Message = _runtime.portal().call(consume_one, timeout=wait + 15)
+        # the wait, then the consumer's cancel and the queue's deletion
+        result: Message = self._wait(consume_one, bound=wait + 10.0)
         return result
 
     def message(self, *args: Any, **kwds: Any) -> None:

@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+from ..._blocking.facade import outer_deadline
 from ..._blocking.portal import BlockingPortal, default_portal
 from ..._core.core import Core, open_core
 from ..._core.middleware import Middleware, check_middleware
@@ -150,4 +151,5 @@ def close_all(timeout: float = CLOSE_TIMEOUT) -> None:
         _cores.clear()
     for core in cores:
         with contextlib.suppress(Exception):
-            portal().call(functools.partial(core.close, timeout), timeout=timeout + 2)
+            portal().call(functools.partial(core.close, timeout),
+                          timeout=outer_deadline(timeout, timeout))

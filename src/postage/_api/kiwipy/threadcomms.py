@@ -1,6 +1,7 @@
 """kiwiPy's blocking communicator (``kiwipy.rmq.RmqThreadCommunicator``): the asyncio
-communicator run on Postage's blocking portal (an event loop in a daemon thread), with
-``concurrent.futures`` futures. No messaging logic lives here.
+communicator run on Postage's blocking portal, its verbs declared from their asyncio twins
+(:mod:`postage._blocking.facade`), with ``concurrent.futures`` futures. No messaging logic
+lives here.
 
 Plain-function subscribers run in worker threads (kiwiPy runs them on its loop thread):
 they may block, and may call this communicator, without starving the connection.
@@ -16,9 +17,10 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
+from ..._blocking.facade import Facade, blocking, blocking_future
+from ..._blocking.futures import ReplyFuture
 from ..._blocking.portal import BlockingPortal, default_portal
 from ..._wire import kiwipy as wire
-from ..communicator.blocking import _Facade, _ReplyFuture
 from .communicator import RmqCommunicator, async_connect
 from .errors import CommunicatorClosed
 from .local import Communicator
@@ -30,16 +32,16 @@ T = TypeVar("T")
 OPERATION_TIMEOUT = 60.0  # seconds a blocking call may take (declarations, confirms)
 
 
-class ThreadFuture(_ReplyFuture[Any]):
+class ThreadFuture(ReplyFuture[Any]):
     """A concurrent future following an asyncio future of the portal's loop (light, see
-    ``_ReplyFuture``); an asyncio future it resolves to becomes one too (kiwiPy's nested
+    ``ReplyFuture``); an asyncio future it resolves to becomes one too (kiwiPy's nested
     futures). Cancelling it cancels the asyncio one."""
 
     def __call__(self, done: asyncio.Future[Any]) -> None:
         if not done.cancelled() and done.exception() is None and asyncio.isfuture(
                 done.result()):
             inner = done.result()
-            nested = ThreadFuture(inner, self._loop)
+            nested = ThreadFuture(inner, self._portal)
             inner.add_done_callback(nested)
             if not self.done():
                 with contextlib.suppress(concurrent.futures.InvalidStateError):
@@ -48,10 +50,10 @@ class ThreadFuture(_ReplyFuture[Any]):
         super().__call__(done)
 
 
-def to_thread_future(source: asyncio.Future[Any], loop: asyncio.AbstractEventLoop
+def to_thread_future(source: asyncio.Future[Any], portal: BlockingPortal
                      ) -> concurrent.futures.Future[Any]:
     """A :class:`ThreadFuture` of ``source`` (call on the loop thread)."""
-    out = ThreadFuture(source, loop)
+    out = ThreadFuture(source, portal)
     source.add_done_callback(out)
     return out
 
@@ -75,13 +77,12 @@ def to_aio_future(source: concurrent.futures.Future[Any], target: asyncio.Future
     source.add_done_callback(copy)
 
 
-class _OnPortal(_Facade):
+class _OnPortal(Facade):
     """The blocking verbs of this module: the communicator's facade (calls with a
     deadline, futures made on the loop), with nested futures, plain functions run on the
     loop, and async context managers and iterators driven from the caller's thread."""
 
     _timeout = OPERATION_TIMEOUT
-    _window = None
     _follow = staticmethod(to_thread_future)
 
     def _now(self, fn: Callable[..., T], *args: Any) -> T:
@@ -119,6 +120,7 @@ class RmqThreadCommunicator(Communicator, _OnPortal):
     heartbeats are never missed and the program may block as long as it wants."""
 
     TASK_TIMEOUT = 5.0
+    _twin_name = "_communicator"
 
     @classmethod
     def connect(
@@ -180,46 +182,27 @@ class RmqThreadCommunicator(Communicator, _OnPortal):
         if self._closed:
             return
         self._closed = True
-        self._portal.call(self._communicator.disconnect,
-                          timeout=self._communicator.close_timeout + 10.0)
+        self._call(self._communicator.disconnect, bound=self._communicator.close_timeout + 5.0)
 
-    def _ensure_open(self) -> None:
+    def _guard(self) -> None:
         if self._closed:
             raise CommunicatorClosed("the communicator is closed")
+
+    _ensure_open = _guard
 
     def add_close_callback(self, callback: Callable[..., Any], weak: bool = False) -> None:
         self._ensure_open()
         self._communicator.add_close_callback(callback, weak)
 
-    def add_rpc_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
-        self._ensure_open()
-        return self._call(self._communicator.add_rpc_subscriber, subscriber, identifier)
-
-    def remove_rpc_subscriber(self, identifier: Any) -> None:
-        self._ensure_open()
-        self._call(self._communicator.remove_rpc_subscriber, identifier)
-
-    def add_task_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
-        self._ensure_open()
-        return self._call(self._communicator.add_task_subscriber, subscriber, identifier)
-
-    def remove_task_subscriber(self, identifier: Any) -> None:
-        self._ensure_open()
-        self._call(self._communicator.remove_task_subscriber, identifier)
-
-    def add_broadcast_subscriber(self, subscriber: Callable[..., Any],
-                                 identifier: Any = None) -> Any:
-        self._ensure_open()
-        return self._call(self._communicator.add_broadcast_subscriber, subscriber, identifier)
-
-    def remove_broadcast_subscriber(self, identifier: Any) -> None:
-        self._ensure_open()
-        self._call(self._communicator.remove_broadcast_subscriber, identifier)
-
-    def task_send(self, task: Any, no_reply: bool = False
-                  ) -> concurrent.futures.Future[Any] | None:
-        self._ensure_open()
-        return self._future(self._communicator.task_send, task, no_reply)
+    add_rpc_subscriber = blocking(RmqCommunicator.add_rpc_subscriber)
+    remove_rpc_subscriber = blocking(RmqCommunicator.remove_rpc_subscriber)
+    add_task_subscriber = blocking(RmqCommunicator.add_task_subscriber)
+    remove_task_subscriber = blocking(RmqCommunicator.remove_task_subscriber)
+    add_broadcast_subscriber = blocking(RmqCommunicator.add_broadcast_subscriber)
+    remove_broadcast_subscriber = blocking(RmqCommunicator.remove_broadcast_subscriber)
+    task_send = blocking_future(RmqCommunicator.task_send)
+    rpc_send = blocking_future(RmqCommunicator.rpc_send)
+    broadcast_send = blocking(RmqCommunicator.broadcast_send)
 
     def task_queue(self, queue_name: str, prefetch_size: int = wire.TASK_PREFETCH_SIZE,
                    prefetch_count: int = wire.TASK_PREFETCH_COUNT) -> RmqThreadTaskQueue:
@@ -228,21 +211,11 @@ class RmqThreadCommunicator(Communicator, _OnPortal):
                            prefetch_count)
         return RmqThreadTaskQueue(queue, self._portal)
 
-    def rpc_send(self, recipient_id: Any, msg: Any) -> concurrent.futures.Future[Any]:
-        self._ensure_open()
-        future = self._future(self._communicator.rpc_send, recipient_id, msg)
-        assert future is not None
-        return future
-
-    def broadcast_send(self, body: Any, sender: Any = None, subject: Any = None,
-                       correlation_id: Any = None) -> bool:
-        self._ensure_open()
-        return self._call(self._communicator.broadcast_send, body, sender, subject,
-                          correlation_id)
-
 
 class RmqThreadTaskQueue(_OnPortal):
     """A task queue of a :class:`RmqThreadCommunicator`."""
+
+    _twin_name = "_task_queue"
 
     def __init__(self, task_queue: RmqTaskQueue, portal: BlockingPortal) -> None:
         self._task_queue = task_queue
@@ -252,16 +225,9 @@ class RmqThreadTaskQueue(_OnPortal):
         for task in self._iterate(self._task_queue.__aiter__()):
             yield RmqThreadIncomingTask(task, self._portal)
 
-    def task_send(self, task: Any, no_reply: bool = False
-                  ) -> concurrent.futures.Future[Any] | None:
-        return self._future(self._task_queue.task_send, task, no_reply)
-
-    def add_task_subscriber(self, subscriber: Callable[..., Any], identifier: Any = None) -> Any:
-        return self._call(self._task_queue.add_task_subscriber, subscriber, identifier)
-
-    def remove_task_subscriber(self, subscriber: Any) -> None:
-        """Remove a subscriber, by its identifier or the callback itself."""
-        self._call(self._task_queue.remove_task_subscriber, subscriber)
+    task_send = blocking_future(RmqTaskQueue.task_send)
+    add_task_subscriber = blocking(RmqTaskQueue.add_task_subscriber)
+    remove_task_subscriber = blocking(RmqTaskQueue.remove_task_subscriber)
 
     @contextlib.contextmanager
     def next_task(self, timeout: float = 5.0, fail: bool = True, no_ack: bool = False
