@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 
@@ -19,23 +18,11 @@ def portal() -> BlockingPortal:
     p.stop()
 
 
-def test_a_caller_runs_the_free_loop_itself(portal: BlockingPortal) -> None:
+def test_call_runs_on_the_loop_thread(portal: BlockingPortal) -> None:
     async def where() -> str:
         return threading.current_thread().name
 
-    assert portal.call(where) == threading.current_thread().name  # no thread hop
-
-
-def test_the_keeper_takes_the_loop_back_when_the_caller_is_away(
-        portal: BlockingPortal) -> None:
-    async def where() -> str:
-        return threading.current_thread().name
-
-    portal.call(where)
-    seen: list[str] = []
-    portal.call_soon(lambda: seen.append(threading.current_thread().name))
-    time.sleep(0.05)  # in our own code: the keeper runs the loop meanwhile
-    assert seen == ["postage-loop"]
+    assert portal.call(where) == "postage-loop"
 
 
 def test_exceptions_propagate(portal: BlockingPortal) -> None:

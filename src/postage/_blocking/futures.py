@@ -1,11 +1,9 @@
 """The futures the blocking APIs hand to callers: ``concurrent.futures.Future`` objects
 following an asyncio future of the portal's loop.
 
-Waiting on one (``result()``, ``exception()``) runs the loop in the waiting thread when
-nobody else does (see :mod:`.portal`): a blocking RPC reads its own reply. They are light
-(thousands may be pending at once) and work with ``concurrent.futures.wait`` and
-``as_completed``, whose waiters need the future's condition and waiter list: those are
-made when first used.
+They are light (thousands may be pending at once) and work with
+``concurrent.futures.wait`` and ``as_completed``, whose waiters need the future's
+condition and waiter list: those are made when first used.
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ import contextlib
 import threading
 from typing import TypeVar
 
-from .portal import BlockingPortal, Stopper
+from .portal import BlockingPortal
 from .window import send_failure
 
 T = TypeVar("T")
@@ -44,34 +42,6 @@ class ReplyFuture(concurrent.futures.Future[T]):
         super().__init__()
         self._source = source
         self._portal = portal
-
-    # Waiting runs the portal's loop in the waiting thread when nobody else does: the
-    # reply is read, and this future completed, without waking another thread.
-    def result(self, timeout: float | None = None) -> T:
-        if not self.done():
-            self._portal.wait(self, timeout)
-        return super().result(0 if self.done() else timeout)
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        if not self.done():
-            self._portal.wait(self, timeout)
-        return super().exception(0 if self.done() else timeout)
-
-    # the portal's Target: stop the loop this thread runs once the outcome is in
-    def arm(self, loop: asyncio.AbstractEventLoop) -> None:
-        stopper = Stopper(loop)
-        self.__dict__["_stopper"] = stopper
-        self.add_done_callback(stopper)
-
-    def disarm(self) -> None:
-        stopper = self.__dict__.pop("_stopper", None)
-        if stopper is not None:
-            stopper.loop = None
-
-    def block(self, timeout: float | None) -> None:
-        with contextlib.suppress(concurrent.futures.TimeoutError,
-                                 concurrent.futures.CancelledError):
-            super().exception(timeout)
 
     # The condition (370 B with its lock) is made when first used: a future nobody has
     # waited on, cancelled or completed yet (thousands of pending calls) has none.
