@@ -357,13 +357,18 @@ class GenericProducer:
                         self, f"build_{kind}_{command}")
                 except AttributeError:
                     build = functools.partial(_default_build, kind, command)
+                verb: Callable[..., Any]
                 if prefix == "gather_":
-                    return functools.partial(self._gather_send, build)
-                if kind == "message":
-                    return functools.partial(self._message_send, build)
-                if queue_only:
-                    return functools.partial(self._rpc_send, build, _queue_only=True)
-                return functools.partial(self._rpc_send, build)
+                    verb = functools.partial(self._gather_send, build)
+                elif kind == "message":
+                    verb = functools.partial(self._message_send, build)
+                elif queue_only:
+                    verb = functools.partial(self._rpc_send, build, _queue_only=True)
+                else:
+                    verb = functools.partial(self._rpc_send, build)
+                # kept on the instance: the next message_X is a plain attribute lookup
+                self.__dict__[name] = verb
+                return verb
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __dir__(self) -> list[str]:

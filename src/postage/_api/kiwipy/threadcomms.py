@@ -227,7 +227,11 @@ class RmqThreadTaskQueue(_OnPortal):
 
     task_send = blocking_future(RmqTaskQueue.task_send)
     add_task_subscriber = blocking(RmqTaskQueue.add_task_subscriber)
-    remove_task_subscriber = blocking(RmqTaskQueue.remove_task_subscriber)
+
+    def remove_task_subscriber(self, subscriber: Any) -> None:
+        """Remove a subscriber, by its identifier or the callback itself (kiwiPy names
+        this parameter differently from the asyncio queue's)."""
+        self._call(self._task_queue.remove_task_subscriber, subscriber)
 
     @contextlib.contextmanager
     def next_task(self, timeout: float = 5.0, fail: bool = True, no_ack: bool = False
