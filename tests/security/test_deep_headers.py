@@ -63,8 +63,9 @@ def test_this_pamqp_is_one_the_guard_was_checked_on() -> None:
 
 
 @pytest.mark.parametrize(("depth", "why"), [
-    (10, None), (64, None), (100, "nested deeper than 64 levels"),
-    (500, "nested too deep to decode"), (3000, "nested too deep to decode"),
+    (10, None), (64, None), (100, "headers table nested deeper than 64 levels"),
+    (500, "headers table nested too deep to decode"),
+    (3000, "headers table nested too deep to decode"),
 ])
 def test_the_guard_decodes_deep_headers_as_a_marker(depth: int, why: str | None) -> None:
     guard.install()

@@ -60,7 +60,7 @@ from .._exceptions import (
 from .._transport import HEADER_UNDECODABLE
 from .._wire.encoding import Encoder
 from .._wire.envelope import decode_envelope
-from .._wire.properties import Properties
+from .._wire.properties import Properties, portable
 from .middleware import HandleNext, IncomingMessage, chain_handle, overrides
 
 if TYPE_CHECKING:
@@ -71,6 +71,11 @@ log = logging.getLogger("postage.core")
 
 HEADER_ATTEMPTS = "x-postage-attempts"
 HEADER_REDELIVERIES = "x-postage-redeliveries"
+# a re-sent message (retry, dead letter): its sender's user_id, which the broker would
+# refuse from this connection, and the headers that could not be written back
+HEADER_USER_ID = "x-postage-user-id"
+HEADER_DROPPED = "x-postage-dropped-headers"
+MAX_COUNT = 1_000_000  # a counter header beyond this (or negative, or not an integer) is forged
 HEADER_REASON = "x-postage-reason"
 HEADER_ERROR = "x-postage-error"
 HEADER_QUEUE = "x-postage-queue"
@@ -177,10 +182,15 @@ class HandlingOptions:
 
 
 def _int_header(headers: dict[str, Any], name: str) -> int:
-    try:
-        return int(headers.get(name, 0))
-    except (TypeError, ValueError):
+    """A counter Postage wrote in a message's headers (0 when absent). A value Postage
+    would not have written (negative, huge, not an integer) counts as exhausted: a
+    sender cannot extend the retry or redelivery policy by forging it."""
+    value = headers.get(name)
+    if value is None:
         return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        return MAX_COUNT
+    return value
 
 
 class Subscription:
@@ -263,7 +273,7 @@ class Subscription:
 
     def _check(self, message: IncomingMessage, headers: dict[str, Any]) -> None:
         if headers and HEADER_UNDECODABLE in headers:
-            raise DecodingError(f"its headers table is {headers[HEADER_UNDECODABLE]}")
+            raise DecodingError(f"its properties cannot be read: {headers[HEADER_UNDECODABLE]}")
         body = message.delivery.body
         if len(body) > self._max_size:
             raise MessageTooLarge(
@@ -376,14 +386,15 @@ class Subscription:
         with ``counts`` in its headers (and where it was first sent), then ack this
         delivery; False when it could not be sent (given back to the broker instead)."""
         delivery = message.delivery
-        props = delivery.properties
         headers = resend_headers(delivery)
         headers.setdefault(HEADER_EXCHANGE, delivery.exchange)
         headers.setdefault(HEADER_ROUTING_KEY, delivery.routing_key)
         headers.update(counts)
         try:
             await self.core.outbound.send_back(self.queue, delivery.body,
-                                               replace(props, headers=headers), delay)
+                                               resend_properties(delivery, headers), delay)
+        except EncodingError as exc:  # it cannot be sent again as it is: dead letters keep
+            return await self.dead_letter(message, "undecodable", str(exc)) == "dead-lettered"
         except PostageError as perr:
             log.error("cannot send a message back to %r (%s); the broker redelivers it",
                       self.queue, perr, extra=log_fields(message, self.core))
@@ -441,6 +452,24 @@ def resend_headers(delivery: Delivery) -> dict[str, Any]:
     headers.pop("CC", None)
     headers.pop("BCC", None)
     return headers
+
+
+def resend_properties(delivery: Delivery, headers: dict[str, Any], **changes: Any
+                      ) -> Properties:
+    """``delivery``'s properties for sending it again from this connection, with
+    ``headers``: its ``user_id`` (set by another user, the broker would refuse it from
+    this one) moves to the ``x-postage-user-id`` header, and header values that cannot be
+    written back (see :func:`portable`) are left out and named in
+    ``x-postage-dropped-headers``."""
+    props = delivery.properties
+    if props.user_id is not None:
+        headers[HEADER_USER_ID] = str(props.user_id)
+    dropped = sorted(k for k, v in headers.items() if not portable(v))
+    if dropped:
+        for key in dropped:
+            del headers[key]
+        headers[HEADER_DROPPED] = ", ".join(dropped)[:MAX_ERROR]
+    return replace(props, headers=headers, user_id=None, **changes)
 
 
 def dead_letter_headers(

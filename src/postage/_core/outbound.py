@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .._exceptions import EncodingError, PostageError
 from .._wire.properties import PERSISTENT, Properties, QueueSpec, check_name
 from .delays import Delays
-from .inbound import dead_letter_headers
+from .inbound import HEADER_DROPPED, dead_letter_headers, resend_properties
 from .middleware import (
     IncomingMessage,
     Middleware,
@@ -151,14 +151,18 @@ class Outbound:
             await self.ensure_dlq(dlq)
             headers = dead_letter_headers(delivery, queue, reason, error, exchange=exchange,
                                           routing_key=routing_key, attempts=attempts)
-            await self.transport.publish(
-                "", dlq, delivery.body,
-                # kept until an operator looks: persistent, and never expiring (an RPC
-                # request's expiration was its caller's deadline)
-                replace(delivery.properties, headers=headers, delivery_mode=PERSISTENT,
-                        expiration=None),
-                mandatory=True,
-            )
+            # kept until an operator looks: persistent, and never expiring (an RPC
+            # request's expiration was its caller's deadline)
+            props = resend_properties(delivery, headers, delivery_mode=PERSISTENT,
+                                      expiration=None)
+            try:
+                await self.transport.publish("", dlq, delivery.body, props, mandatory=True)
+            except EncodingError as exc:  # still not writable: keep only why and where
+                kept = {k: v for k, v in headers.items() if k.startswith("x-postage-")
+                        and k != HEADER_DROPPED}
+                kept[HEADER_DROPPED] = f"all of the message's own headers ({exc})"[:500]
+                await self.transport.publish("", dlq, delivery.body,
+                                             replace(props, headers=kept), mandatory=True)
         except PostageError as exc:
             log.error("cannot dead-letter a message of %r (%s); requeueing it", queue, exc)
             await asyncio.sleep(0.5)

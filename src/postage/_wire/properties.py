@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["MAX_NAME_BYTES", "Binding", "ExchangeSpec", "Properties", "QueueSpec", "check_name"]
+__all__ = ["MAX_NAME_BYTES", "Binding", "ExchangeSpec", "Properties", "QueueSpec", "check_name",
+           "portable"]
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +27,28 @@ def check_name(what: str, name: str) -> None:
 
 PERSISTENT = 2
 TRANSIENT = 1
+
+_FLOAT32_MAX = 3.4028234663852886e38
+_INT64 = 2 ** 63
+
+
+def portable(value: Any, depth: int = 0) -> bool:
+    """Whether a header value received from the broker can be written back as it is (a
+    retry, a dead letter): strings, booleans, 64-bit integers, floats within a 32-bit
+    float's range (how the AMQP encoder writes them), datetimes, None, and tables and
+    arrays of those. Not: bytes (an invalid UTF-8 string decodes to them), a double
+    beyond that range, anything nested deeper than 64 levels."""
+    if value is None or isinstance(value, str | bool | datetime):
+        return True
+    if isinstance(value, int):
+        return -_INT64 <= value < _INT64
+    if isinstance(value, float):
+        return math.isnan(value) or math.isinf(value) or abs(value) <= _FLOAT32_MAX
+    if isinstance(value, dict) and depth < 64:
+        return all(isinstance(k, str) and portable(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list | tuple) and depth < 64:
+        return all(portable(v, depth + 1) for v in value)
+    return False
 
 
 @dataclass(slots=True)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pamqp
+import pamqp.decode
 import pamqp.encode
 import pamqp.frame
 import pamqp.header
@@ -70,14 +71,17 @@ def _guarded_unmarshal(data: bytes) -> tuple[int, int, Any]:
     try:
         consumed, channel, frame = _original(data)
     except RecursionError:
-        _, channel, frame = _original(_without_headers(data, "nested too deep to decode"))
+        _, channel, frame = _original(
+            _without_headers(data, "headers table nested too deep to decode"))
         (size,) = struct.unpack_from(">I", data, 3)
         return _FRAME_HEADER + size + 1, channel, frame  # what the original frame took
+    except Exception:  # a property that cannot be decoded: keep what can be read
+        return _salvage(data)
     if len(data) > 4 * MAX_DEPTH and isinstance(frame, pamqp.header.ContentHeader):
         headers = frame.properties.headers
         if headers and _depth(headers) > MAX_DEPTH:
             frame.properties.headers = {
-                HEADER_UNDECODABLE: f"nested deeper than {MAX_DEPTH} levels"}
+                HEADER_UNDECODABLE: f"headers table nested deeper than {MAX_DEPTH} levels"}
     return consumed, channel, frame
 
 
@@ -116,3 +120,84 @@ def _without_headers(data: bytes, why: str) -> bytes:
     end = _FRAME_HEADER + size  # the frame-end octet
     payload = data[_FRAME_HEADER:offset] + marker + data[offset + 4 + length:end]
     return data[:3] + struct.pack(">I", len(payload)) + payload + data[end:end + 1]
+
+
+# Basic's properties in wire order: (flag bit, name, kind); s: short string, T: table,
+# o: octet, t: 64-bit timestamp
+_PROPERTIES = (
+    (1 << 15, "content_type", "s"), (1 << 14, "content_encoding", "s"),
+    (1 << 13, "headers", "T"), (1 << 12, "delivery_mode", "o"), (1 << 11, "priority", "o"),
+    (1 << 10, "correlation_id", "s"), (1 << 9, "reply_to", "s"),
+    (1 << 8, "expiration", "s"), (1 << 7, "message_id", "s"), (1 << 6, "timestamp", "t"),
+    (1 << 5, "type", "s"), (1 << 4, "user_id", "s"), (1 << 3, "app_id", "s"),
+    (1 << 2, "cluster_id", "s"),
+)
+_SIZES = {"o": 1, "t": 8}
+
+
+def _field_end(data: bytes, offset: int, kind: str) -> int:
+    if kind == "s":
+        return offset + 1 + data[offset]
+    if kind == "T":
+        length: int = struct.unpack_from(">I", data, offset)[0]
+        return offset + 4 + length
+    return offset + _SIZES[kind]
+
+
+def _readable(raw: bytes, kind: str) -> bool:
+    """Whether pamqp can decode this one field (and Postage encode it again)."""
+    try:
+        if kind == "s":
+            raw[1:].decode("utf-8")
+        elif kind == "T":
+            pamqp.decode.field_table(raw)
+        elif kind == "t":
+            pamqp.decode.timestamp(raw)
+    except (Exception, RecursionError):
+        return False
+    return True
+
+
+def _salvage(data: bytes) -> tuple[int, int, Any]:
+    """Decode a content header frame one of whose properties pamqp cannot decode: that
+    property is left out (an undecodable headers table becomes the marker alone), the
+    others are kept, and the headers name what was left out, so that the pipeline
+    dead-letters the message as ``undecodable`` instead of the connection dying."""
+    (size,) = struct.unpack_from(">I", data, 3)
+    end = _FRAME_HEADER + size
+    consumed = end + 1  # what the original frame took
+    payload_start = _FRAME_HEADER + 12  # class id, weight, body size
+    (flags,) = struct.unpack_from(">H", data, payload_start)
+    offset = payload_start + 2
+    kept_flags, kept, lost = 0, [], []
+    try:
+        for bit, name, kind in _PROPERTIES:
+            if not flags & bit:
+                continue
+            stop = _field_end(data, offset, kind)
+            if stop > end:
+                raise ValueError("a property runs past the end of the frame")
+            raw = data[offset:stop]
+            offset = stop
+            if _readable(raw, kind):
+                kept_flags |= bit
+                kept.append(raw)
+            else:
+                lost.append(name)
+    except (ValueError, IndexError, struct.error):
+        lost.append("the rest of the properties")
+    why = "undecodable properties: " + ", ".join(lost or ["(unknown)"])
+    payload = (data[_FRAME_HEADER:payload_start] + struct.pack(">H", kept_flags)
+               + b"".join(kept))
+    rebuilt = data[:3] + struct.pack(">I", len(payload)) + payload + data[end:end + 1]
+    try:
+        _, channel, frame = _original(rebuilt)  # type: ignore[misc]
+    except Exception:  # not even that: the body size and no property at all
+        bare = data[_FRAME_HEADER:payload_start] + struct.pack(">H", 0)
+        _, channel, frame = _original(  # type: ignore[misc]
+            data[:3] + struct.pack(">I", len(bare)) + bare + data[end:end + 1])
+    headers = frame.properties.headers
+    frame.properties.headers = {**(headers if isinstance(headers, dict) else {}),
+                                HEADER_UNDECODABLE: why}
+    log.warning("a message's %s", why)
+    return consumed, channel, frame

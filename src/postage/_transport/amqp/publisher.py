@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import logging
 import os
+import struct
 import time
 from typing import Any
 
@@ -270,7 +271,9 @@ class AmqpPublisher(Transport):
     def _raise_unless_link_failure(self, exc: Exception, late: bool) -> None:
         if isinstance(exc, PostageError):
             raise exc
-        if isinstance(exc, TypeError):  # the AMQP client cannot encode a property value
+        if isinstance(exc, TypeError | OverflowError | struct.error | UnicodeEncodeError):
+            # the AMQP client cannot encode a property value (bytes, a float beyond a
+            # 32-bit float's range, a surrogate): nothing was sent
             raise EncodingError(f"cannot encode the message's properties: {exc}") from None
         if self._closed:
             raise self._failure or ConnectionClosed("the connection is closed") from None
