@@ -76,3 +76,41 @@ def test_dlq_commands(vhost_url: str, names: Callable[[str], str]) -> None:
     assert purged == {"queue": dead, "purged": 2}
     missing = run_cli(vhost_url, "dlq", "list")  # no names and no management API
     assert missing.returncode == 2 and "AMQP cannot list queues" in missing.stderr
+
+
+def test_dlq_show_and_replay_read_a_message_with_undecodable_properties(
+        vhost_url: str, names: Callable[[str], str]) -> None:
+    """A message whose correlation_id is not UTF-8 sits in a dead-letter queue: show lists
+    it (the property left out, the reason in the headers), replay sends it on."""
+    import struct
+
+    from tests.security.raw_properties import RawProperties
+
+    queue = names("dlq-raw")
+    dead = f"{queue}.dlq"
+    connection = pika.BlockingConnection(pika.URLParameters(vhost_url))
+    try:
+        channel = connection.channel()
+        channel.queue_declare(queue, durable=True)
+        channel.queue_declare(dead, durable=True)
+        content_type = b"\x10application/json"
+        raw = struct.pack(">H", 1 << 15 | 1 << 10) + content_type + b"\x02\xff\xfe"
+        channel.basic_publish("", dead, b'{"raw": 1}', RawProperties(raw))
+    finally:
+        connection.close()
+    shown = run_cli(vhost_url, "dlq", "show", dead, "--json")
+    assert shown.returncode == 0, shown
+    [message] = json.loads(shown.stdout)["shown"]
+    assert message["body"] == '{"raw": 1}'
+    assert "correlation_id" in message["headers"]["x-postage-undecodable-headers"]
+    replayed = run_cli(vhost_url, "dlq", "replay", dead)
+    assert (replayed.returncode, replayed.stdout) == (
+        0, f"{dead}: replayed 1, kept 0\n"), replayed
+    connection = pika.BlockingConnection(pika.URLParameters(vhost_url))
+    try:  # sent back where it was sent (here, the dead-letter queue itself): not lost
+        channel = connection.channel()
+        counts = [channel.queue_declare(q, durable=True, passive=True).method.message_count
+                  for q in (queue, dead)]
+        assert sum(counts) == 1
+    finally:
+        connection.close()

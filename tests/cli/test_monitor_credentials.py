@@ -47,3 +47,47 @@ def test_the_repr_shows_no_password() -> None:
     mgmt = Management.for_url(f"amqp://u:{SECRET}@rmq.example/", "https://rmq.example", {})
     assert mgmt is not None
     assert SECRET not in repr(mgmt) and SECRET not in str(mgmt)
+
+
+def test_credentials_never_follow_a_redirect() -> None:
+    """A management endpoint answering 302 to another URL (plain http://, another host)
+    gets an error back, and the other URL never sees the Authorization header."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from typing import Any
+
+    seen: list[str | None] = []
+
+    class Target(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"[]")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    target = HTTPServer(("127.0.0.1", 0), Target)
+
+    class Redirect(Target):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{target.server_port}/steal")
+            self.end_headers()
+
+    redirect = HTTPServer(("127.0.0.1", 0), Redirect)
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (target, redirect)]
+    for thread in threads:
+        thread.start()
+    try:
+        mgmt = Management.for_url(f"amqp://u:{SECRET}@127.0.0.1/",
+                                  f"http://127.0.0.1:{redirect.server_port}", {})
+        assert mgmt is not None
+        with pytest.raises(ConfigurationError, match="redirects to"):
+            mgmt.fetch_queues()
+        assert seen == []  # the redirect's target was never asked
+    finally:
+        for server in (target, redirect):
+            server.shutdown()
+            server.server_close()

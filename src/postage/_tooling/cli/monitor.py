@@ -136,9 +136,29 @@ class Management:
         request = urllib.request.Request(url)
         token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
-            data = json.loads(response.read())
+        try:
+            with _NO_REDIRECTS.open(request, timeout=HTTP_TIMEOUT) as response:
+                data = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:  # refused below: the operator must name the URL
+                raise ConfigurationError(exc.msg) from None
+            raise
         return parse_management_queues(data)
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """The management API's credentials go to the URL the operator named, never to one a
+    redirect names (it may be plain http://, or another host): a redirect is an error."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> urllib.request.Request | None:
+        raise urllib.error.HTTPError(
+            req.full_url, code,
+            f"the management API redirects to {redact_url(newurl)!r}; credentials are "
+            "not sent there: give that URL with --management-url", headers, fp)
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
 
 
 def _rate(stats: Any, key: str) -> float | None:
