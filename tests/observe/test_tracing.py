@@ -230,3 +230,23 @@ async def test_the_trace_crosses_to_an_aio_pika_program(telemetry: Telemetry,
     assert theirs, [s.name for s in telemetry.finished()]
     one_trace([theirs[0], process])
     assert parent_of(process) == theirs[0].context.span_id
+
+
+@pytest.mark.parametrize("value", [7, ["00-x"], {"a": 1}, 1.5])
+async def test_tracing_headers_of_another_type_are_ignored(
+        telemetry: Telemetry, broker_url: str, value: Any) -> None:
+    """A valid message whose ``traceparent`` or ``baggage`` header is not a string is
+    handled (a new trace), as it is with tracing off."""
+    queue = f"otel.hostile.{uuid.uuid4().hex[:8]}"
+    got: list[bytes] = []
+    async with postage.AsyncClient(broker_url) as client:
+        await client.receive("", "", queue, got.append)
+        await client.publish("", queue, b"valid", properties=postage.Properties(
+            headers={"traceparent": value, "baggage": value}))
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+    assert got == [b"valid"]
+    [process] = telemetry.by_name("process")
+    assert process.attributes is not None
+    assert process.attributes["postage.outcome"] == "acked"

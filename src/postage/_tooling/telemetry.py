@@ -270,7 +270,7 @@ class TelemetryMiddleware(Middleware):
 
     async def handle(self, message: IncomingMessage, call_next: HandleNext) -> Any:
         delivery = message.delivery
-        parent = propagate.extract(message.headers or {})
+        parent = propagate.extract(_carrier(message.headers))
         span = self.tracer.start_span(
             f"process {bounded_name(message.queue)}", context=parent, kind=SpanKind.CONSUMER,
             attributes={**self._span_attributes(
@@ -345,3 +345,12 @@ class PostageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if middleware is not None:
             uninstrument(middleware)
             PostageInstrumentor._middleware = None
+
+
+def _carrier(headers: dict[str, Any] | None) -> dict[str, str]:
+    """The headers a propagator may read: only string values (a sender may put anything
+    in ``traceparent`` or ``baggage``; a value of another type is ignored, not an error
+    that fails a valid message)."""
+    if not headers:
+        return {}
+    return {k: v for k, v in headers.items() if isinstance(k, str) and isinstance(v, str)}
