@@ -114,3 +114,21 @@ def test_dlq_show_and_replay_read_a_message_with_undecodable_properties(
         assert sum(counts) == 1
     finally:
         connection.close()
+
+
+def test_purge_asks_for_force_on_a_queue_that_is_not_a_dead_letter_queue(
+        vhost_url: str, names: Callable[[str], str]) -> None:
+    queue = names("orders")
+    connection = pika.BlockingConnection(pika.URLParameters(vhost_url))
+    try:
+        channel = connection.channel()
+        channel.queue_declare(queue, durable=True)
+        channel.basic_publish("", queue, b"keep me")
+    finally:
+        connection.close()
+    refused = run_cli(vhost_url, "dlq", "purge", queue)
+    assert refused.returncode == 2 and "--force" in refused.stderr
+    shown = run_cli(vhost_url, "dlq", "show", queue, "--json")
+    assert json.loads(shown.stdout)["messages"] == 1  # nothing dropped
+    forced = json.loads(run_cli(vhost_url, "dlq", "purge", queue, "--force", "--json").stdout)
+    assert forced == {"queue": queue, "purged": 1}

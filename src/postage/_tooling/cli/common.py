@@ -17,6 +17,7 @@ __all__ = [
     "connect",
     "format_table",
     "parse_parameters",
+    "printable",
     "publish_command",
     "run",
     "url_of",
@@ -141,9 +142,20 @@ async def publish_command(core: Core, exchange: str, key: str, command: str,
         raise nobody(exchange, key) from None
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_CONTROL.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x1B: "\\x1b"})
+
+
+def printable(text: Any) -> str:
+    """``text`` for a terminal: control characters (ESC, BEL, newlines...) escaped, so that
+    what a message or a peer says cannot move the cursor, ring, or forge a line."""
+    return str(text).translate(_CONTROL)
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain, aligned text table (stable for scripts and tests)."""
-    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    """A plain, aligned text table (stable for scripts and tests); cells are escaped
+    (:func:`printable`)."""
+    cells = [[str(h) for h in headers], *[[printable(c) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
              for r in cells]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from postage._api.deadletters import DeadLetter, Where, peek, purge, replay, summary
 from postage._exceptions import ConfigurationError, NotFound
 
-from .common import add_url, connect, format_table, run, settings_of
+from .common import add_url, connect, format_table, printable, run, settings_of
 from .monitor import Management
 
 if TYPE_CHECKING:
@@ -59,6 +59,8 @@ def register(subparsers: Subparsers) -> None:
 
     drop = command("purge", "drop every message of a dead-letter queue")
     drop.add_argument("queue", metavar="QUEUE")
+    drop.add_argument("--force", action="store_true",
+                      help="purge a queue whose name does not end in .dlq")
     drop.set_defaults(handler=run_purge)
 
 
@@ -133,7 +135,7 @@ def _describe(index: int, letter: DeadLetter) -> str:
     other = {k: v for k, v in letter.headers.items() if not k.startswith("x-")}
     if other:
         lines.append(f"    headers: {other}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -180,6 +182,11 @@ def run_replay(args: argparse.Namespace) -> int:
 
 
 def run_purge(args: argparse.Namespace) -> int:
+    if not args.queue.endswith(".dlq") and not args.force:
+        raise ConfigurationError(
+            f"{args.queue!r} is not a dead-letter queue (its name does not end in .dlq): "
+            "add --force to purge it all the same")
+
     async def main() -> int:
         async with connect(args) as core:
             dropped = await purge(core, args.queue)

@@ -45,9 +45,11 @@ from postage._core.core import Core
 from postage._exceptions import ConfigurationError, NotFound, PostageError
 from postage._settings import redact_url
 from postage._tooling.cli import common as _common
+from postage._wire.properties import MAX_NAME_BYTES
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
+    from rich.text import Text
 
     from postage._api.presence import ComponentState
     from postage._tooling.cli import Subparsers
@@ -194,7 +196,14 @@ def component_queues(states: Sequence[ComponentState]) -> list[str]:
         groups = state.info.get("groups")
         for group in groups if isinstance(groups, list) else []:
             names.add(f"{name}#{group}")
-    return sorted(names)
+    # a peer may announce a name no queue can have (too long, a control character):
+    # it is shown, but its queues are not looked up
+    return sorted(n for n in names if _queue_name_ok(n))
+
+
+def _queue_name_ok(name: str) -> bool:
+    return (0 < len(name.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES
+            and name.isprintable() and not name.startswith("amq."))
 
 
 class Monitor:
@@ -261,9 +270,9 @@ class Monitor:
             if status == "heartbeat":
                 status = "online"
             groups = state.info.get("groups")
-            comps.add_row(str(fp.get("name")), str(fp.get("type")), str(fp.get("pid")),
-                          str(fp.get("host")),
-                          ",".join(map(str, groups)) if isinstance(groups, list) else "",
+            comps.add_row(_cell(fp.get("name")), _cell(fp.get("type")), _cell(fp.get("pid")),
+                          _cell(fp.get("host")),
+                          _cell(",".join(map(str, groups)) if isinstance(groups, list) else ""),
                           status, f"{state.age(now):.1f}s ago",
                           "-" if fig.handled is None else str(fig.handled), _fmt(fig.rate),
                           _fmt(fig.handler_ms), bar(fig.rate, top),
@@ -274,9 +283,17 @@ class Monitor:
         for q in queues:
             if q.name.startswith(self.watcher.exchange + "."):
                 continue  # presence's own probe/watch queues
-            table.add_row(q.name, str(q.messages), str(q.consumers), _fmt(q.publish_rate),
+            table.add_row(_cell(q.name), str(q.messages), str(q.consumers), _fmt(q.publish_rate),
                           _fmt(q.deliver_rate))
         return Group(title, comps, table)
+
+
+def _cell(value: Any) -> Text:
+    """What a peer says, for a table cell: control characters escaped, and no markup
+    (a name like ``[red]...`` is shown as written)."""
+    from rich.text import Text
+
+    return Text(_common.printable(value))
 
 
 def _fmt(rate: float | None) -> str:
