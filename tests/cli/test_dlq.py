@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pika
 
-from postage import RetryPolicy
+from postage import Properties, RetryPolicy
 from postage._core.core import HandlingOptions, open_core
 from postage._core.middleware import IncomingMessage
 
@@ -52,7 +52,8 @@ def test_dlq_commands(vhost_url: str, names: Callable[[str], str]) -> None:
     assert shown.stdout.startswith(f"{dead}: 3 messages, the first 2:")
     assert "reason: handler-failed   attempts: 1" in shown.stdout
     assert "error: ValueError: bad order 1" in shown.stdout
-    assert f"from: queue {queue!r}, sent to exchange '' with key {queue!r}" in shown.stdout
+    assert (f"from: queue {queue!r}; its headers say it was sent to exchange '' with key "
+            f"{queue!r} (the sender could have written those)") in shown.stdout
     assert 'body: {"order": 2}' in shown.stdout and "order\": 3" not in shown.stdout
     detail = json.loads(run_cli(vhost_url, "dlq", "show", dead, "--json").stdout)
     assert [s["body"] for s in detail["shown"]] == [
@@ -107,11 +108,9 @@ def test_dlq_show_and_replay_read_a_message_with_undecodable_properties(
     assert (replayed.returncode, replayed.stdout) == (
         0, f"{dead}: replayed 1, kept 0\n"), replayed
     connection = pika.BlockingConnection(pika.URLParameters(vhost_url))
-    try:  # sent back where it was sent (here, the dead-letter queue itself): not lost
-        channel = connection.channel()
-        counts = [channel.queue_declare(q, durable=True, passive=True).method.message_count
-                  for q in (queue, dead)]
-        assert sum(counts) == 1
+    try:  # back to the queue the dead-letter queue is named after
+        _method, props, body = connection.channel().basic_get(queue, auto_ack=True)
+        assert body == b'{"raw": 1}' and props.correlation_id is None
     finally:
         connection.close()
 
@@ -132,3 +131,44 @@ def test_purge_asks_for_force_on_a_queue_that_is_not_a_dead_letter_queue(
     assert json.loads(shown.stdout)["messages"] == 1  # nothing dropped
     forced = json.loads(run_cli(vhost_url, "dlq", "purge", queue, "--force", "--json").stdout)
     assert forced == {"queue": queue, "purged": 1}
+
+
+def test_replay_ignores_the_target_a_sender_wrote_in_the_headers(
+        vhost_url: str, names: Callable[[str], str]) -> None:
+    """A sender that may write only to ``shop`` forges x-postage-exchange and
+    x-postage-routing-key naming ``payments``: the operator's replay sends the message back
+    to ``shop``, its queue; only --to-original follows the headers."""
+    shop, payments = names("shop"), names("payments")
+    dead = f"{shop}.dlq"
+
+    async def fail_once() -> None:
+        core = await open_core(vhost_url)
+        try:
+            await core.declare_queue(shop, durable=True)
+            await core.declare_queue(payments, durable=True)
+
+            async def failing(_message: IncomingMessage) -> None:
+                raise ValueError("out of stock")
+
+            sub = await core.consume(shop, failing, HandlingOptions(RetryPolicy(max_attempts=1)))
+            await core.publish("", shop, b"pay eve 1000000", Properties(headers={
+                "x-postage-exchange": "", "x-postage-routing-key": payments}))
+            async with asyncio.timeout(10):
+                while (await core.queue_state(dead))[0] < 1:
+                    await asyncio.sleep(0.02)
+            await sub.cancel()
+        finally:
+            await core.close(2)
+
+    asyncio.run(fail_once())
+    shown = run_cli(vhost_url, "dlq", "show", dead)
+    assert f"from: queue {shop!r}" in shown.stdout and "could have written" in shown.stdout
+    assert run_cli(vhost_url, "dlq", "replay", dead).returncode == 0
+    connection = pika.BlockingConnection(pika.URLParameters(vhost_url))
+    try:
+        channel = connection.channel()
+        counts = {q: channel.queue_declare(q, durable=True, passive=True).method.message_count
+                  for q in (shop, payments)}
+        assert counts == {shop: 1, payments: 0}
+    finally:
+        connection.close()

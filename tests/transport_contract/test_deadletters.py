@@ -74,7 +74,11 @@ async def test_replay_sends_back_only_what_where_accepts(core: Core, names: Name
 async def test_a_message_whose_target_is_gone_is_kept(core: Core, names: Names) -> None:
     _exchange, queue, dead = await _dead_letters(core, names, 2)
     await core.transport.delete_queue(queue)  # the exchange routes nowhere now
-    report = await dlq.replay(core, dead)
+    report = await dlq.replay(core, dead)  # back to its queue: gone
+    assert report.replayed == 0 and len(report.failed) == 2
+    assert queue in report.failed[0] and (await core.queue_state(dead))[0] == 2
+    # to the exchange and routing key of its headers (only when asked): routes nowhere
+    report = await dlq.replay(core, dead, to_original=True)
     assert report.replayed == 0 and len(report.failed) == 2
     assert "orders" in report.failed[0] and (await core.queue_state(dead))[0] == 2
 

@@ -91,6 +91,7 @@ class DeadLetter:
     last_failed: datetime.datetime | None
     dead_lettered: datetime.datetime | None
     headers: Mapping[str, Any] = field(default_factory=dict)
+    dead_letter_queue: str = ""
 
     @classmethod
     def from_delivery(cls, delivery: Delivery, dead_letter_queue: str) -> DeadLetter:
@@ -115,6 +116,7 @@ class DeadLetter:
             last_failed=_time(headers.get(HEADER_LAST_FAILED)),
             dead_lettered=_time(headers.get(HEADER_DEAD_LETTERED, death.get("time"))),
             headers=headers,
+            dead_letter_queue=dead_letter_queue,
         )
 
     def preview(self, size: int = _PREVIEW) -> str:
@@ -131,16 +133,35 @@ class DeadLetter:
             "reason": self.reason, "error": self.error, "attempts": self.attempts,
             "queue": self.queue, "exchange": self.exchange, "routing_key": self.routing_key,
             "first_failed": iso(self.first_failed), "last_failed": iso(self.last_failed),
-            "dead_lettered": iso(self.dead_lettered),
+            "dead_lettered": iso(self.dead_lettered), "source": self.source,
+            "sender_written": ["exchange", "routing_key"],
             "message_id": self.properties.message_id,
             "content_type": self.properties.content_type,
             "size": len(self.body), "body": self.preview(),
             "headers": {k: _jsonable(v) for k, v in self.headers.items()},
         }
 
-    def replay_target(self) -> tuple[str, str]:
-        """Where the message was first sent: (exchange, routing key)."""
-        return self.exchange, self.routing_key
+    def replay_target(self, *, to_original: bool = False) -> tuple[str, str]:
+        """Where a replay sends the message: back to the queue it was consumed from
+        (through the default exchange), or with ``to_original`` to the exchange and
+        routing key its headers name, which its sender could have written."""
+        if to_original:
+            return self.exchange, self.routing_key
+        return "", self.source
+
+    @property
+    def source(self) -> str:
+        """The queue the message was consumed from: the one the dead-letter queue is
+        named after (``<queue>.dlq``), else the one the broker recorded (``x-death``),
+        else the one Postage's pipeline recorded."""
+        if self.dead_letter_queue.endswith(".dlq"):
+            return self.dead_letter_queue.removesuffix(".dlq")
+        deaths = self.headers.get("x-death")
+        if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+            queue = deaths[0].get("queue")
+            if isinstance(queue, str) and queue:
+                return queue
+        return self.queue
 
 
 def _jsonable(value: Any) -> Any:
@@ -261,9 +282,12 @@ async def peek(conn: Connection, queue: str, count: int = 10,
 
 
 async def replay(conn: Connection, queue: str, *, limit: int | None = None,
-                 where: Where | None = None, timeout: float = 10.0) -> ReplayReport:
-    """Send the messages of ``queue`` back where they were first sent (at most ``limit``;
-    only those ``where`` accepts), each confirmed before its dead letter is acked."""
+                 where: Where | None = None, timeout: float = 10.0,
+                 to_original: bool = False) -> ReplayReport:
+    """Send the messages of ``queue`` back to the queue they were consumed from (at most
+    ``limit``; only those ``where`` accepts), each confirmed before its dead letter is
+    acked. ``to_original``: to the exchange and routing key their headers name instead
+    (their sender could have written those: only for messages you trust)."""
     core = _core_of(conn)
     ready, _ = await core.queue_state(queue)
     report = ReplayReport()
@@ -279,7 +303,7 @@ async def replay(conn: Connection, queue: str, *, limit: int | None = None,
                 await _move(core, delivery, "", queue, delivery.properties)
                 report.kept += 1
                 continue
-            exchange, routing_key = letter.replay_target()
+            exchange, routing_key = letter.replay_target(to_original=to_original)
             try:
                 await _move(core, delivery, exchange, routing_key, _replayed(letter))
             except PostageError as exc:  # e.g. Unroutable: its target is gone; kept

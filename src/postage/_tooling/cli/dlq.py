@@ -48,13 +48,17 @@ def register(subparsers: Subparsers) -> None:
     show.add_argument("-n", type=int, default=10, help="how many (default: 10)")
     show.set_defaults(handler=run_show)
 
-    again = command("replay", "send messages back where they were first sent")
+    again = command("replay", "send messages back to the queue they were consumed from")
     again.add_argument("queue", metavar="QUEUE")
     again.add_argument("--limit", type=int, default=None, help="at most this many")
     again.add_argument("--where", action="append", default=[], metavar="EXPR",
                        help="only messages where FIELD=VALUE, FIELD!=VALUE or FIELD~TEXT "
                        "(FIELD: reason, error, queue, exchange, routing_key, attempts, body, "
                        "header.NAME); repeat for several (all must hold)")
+    again.add_argument("--to-original", action="store_true",
+                       help="send them to the exchange and routing key their headers name "
+                       "instead (their sender could have written those: only for messages "
+                       "you trust)")
     again.set_defaults(handler=run_replay)
 
     drop = command("purge", "drop every message of a dead-letter queue")
@@ -123,8 +127,9 @@ def _describe(index: int, letter: DeadLetter) -> str:
     lines = [
         f"#{index}  reason: {letter.reason}   attempts: {letter.attempts or '-'}",
         f"    error: {letter.error or '-'}",
-        f"    from: queue {letter.queue!r}, sent to exchange {letter.exchange!r} with key "
-        f"{letter.routing_key!r}",
+        f"    from: queue {letter.source!r}; its headers say it was sent to exchange "
+        f"{letter.exchange!r} with key {letter.routing_key!r} (the sender could have "
+        "written those)",
         f"    first failure: {when(letter.first_failed)}",
         f"    last failure: {when(letter.last_failed)}",
         f"    dead-lettered: {when(letter.dead_lettered)}",
@@ -166,7 +171,8 @@ def run_replay(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         async with connect(args) as core:
-            report = await replay(core, args.queue, limit=args.limit, where=where)
+            report = await replay(core, args.queue, limit=args.limit, where=where,
+                                  to_original=args.to_original)
         if args.json:
             _print_json({"queue": args.queue, "replayed": report.replayed,
                          "kept": report.kept, "failed": report.failed})
