@@ -334,3 +334,45 @@ async def test_another_users_user_id_is_kept_in_a_header(broker: Any, broker_url
             await asyncio.to_thread(_cleanup, broker_url, queue)
     finally:
         broker.ctl("delete_user", user)
+
+
+async def test_a_reply_with_undecodable_properties_keeps_the_caller_connected(
+        broker_url: str) -> None:
+    """A hostile RPC server answers with a timestamp past year 9999 (and a correlation id
+    that is not UTF-8, on a second call): the caller keeps its connection; the first
+    reply arrives, the second cannot be matched to its call (which times out)."""
+    queue = f"test.undecodable.server.{uuid.uuid4().hex[:8]}"
+    ready = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def serve(replies: list[bytes]) -> None:
+        connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+        try:
+            channel = connection.channel()
+            channel.queue_declare(queue, auto_delete=True)
+            loop.call_soon_threadsafe(ready.set)
+            for extra in replies:
+                for method, props, body in channel.consume(queue, inactivity_timeout=15):
+                    assert method is not None, "no request came"
+                    cid = props.correlation_id.encode() if extra != b"cid" else b"\xff\xfe"
+                    raw = struct.pack(">H", 1 << 10 | 1 << 6) + _short(cid) + struct.pack(
+                        ">Q", 253402300800 * 1000 + 5)
+                    channel.basic_publish("", props.reply_to, body.upper(), RawProperties(raw))
+                    channel.basic_ack(method.delivery_tag)
+                    break
+            channel.cancel()
+        finally:
+            connection.close()
+
+    server = asyncio.ensure_future(asyncio.to_thread(serve, [b"ts", b"cid"]))
+    client = AsyncClient(broker_url)
+    await client.open()
+    try:
+        await asyncio.wait_for(ready.wait(), 15)
+        assert await client.rpc("", queue, b"first", timeout=10) == b"FIRST"
+        with pytest.raises(postage.RpcTimeout):
+            await client.rpc("", queue, b"second", timeout=2)
+        assert client.core.transport.reconnections == 0
+        await asyncio.wait_for(server, 20)
+    finally:
+        await client.close()
