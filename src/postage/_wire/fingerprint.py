@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["FINGERPRINT_KEYS", "Fingerprint"]
+__all__ = ["FINGERPRINT_KEYS", "PRIVATE_FINGERPRINT", "Fingerprint"]
 
 import getpass
 import os
@@ -10,6 +10,8 @@ import socket
 from typing import Any
 
 FINGERPRINT_KEYS = ("name", "type", "pid", "host", "user", "vhost")
+# where a component runs: left out of what it answers to others unless asked for
+PRIVATE_FINGERPRINT = frozenset({"pid", "host", "user"})
 
 
 def _os_user() -> str | None:

@@ -16,6 +16,7 @@ from ..._core.core import HandlingOptions, Subscription
 from ..._core.middleware import IncomingMessage
 from ..._exceptions import ConfigurationError, EncodingError
 from ..._wire.delays import resolve_delay
+from ..._wire.fingerprint import PRIVATE_FINGERPRINT
 from . import wire as _wire
 
 if TYPE_CHECKING:
@@ -31,7 +32,11 @@ class EnvelopeReplies:
     def __init__(self, comm: AsyncCommunicator, name: str) -> None:
         self._core = comm.core
         self._name = name
-        self._fingerprint = comm._fingerprint
+        # who answered, without where it runs (pid, host, user) unless error_details
+        # asks for server internals
+        self._fingerprint = (comm._fingerprint if comm.core.error_details else
+                             {k: v for k, v in comm._fingerprint.items()
+                              if k not in PRIVATE_FINGERPRINT})
         self.content_type: str | None = comm.core.encoder.content_type
 
     def result(self, message: IncomingMessage, value: Any) -> bytes:
