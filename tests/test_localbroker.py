@@ -259,3 +259,65 @@ def test_cli_version() -> None:
 
     proc = postage("--version")
     assert (proc.returncode, proc.stdout.strip()) == (0, f"postage {package.__version__}")
+
+
+def test_listeners_are_on_this_machine_unless_asked(tmp_path: Path) -> None:
+    node = LocalNode(tmp_path / "n", name="postage-5790", amqp_port=5790, dist_port=25790,
+                     tls_port=5791, plugins=["rabbitmq_management"])
+    node._write_files()
+    config = node.config_file.read_text()
+    assert "listeners.tcp.default = 127.0.0.1:5790" in config
+    assert "listeners.ssl.default = 127.0.0.1:5791" in config
+    assert "management.tcp.ip = 127.0.0.1" in config
+    env = node._env()
+    assert env["ERL_EPMD_ADDRESS"] == "127.0.0.1"
+    assert "inet_dist_use_interface {127,0,0,1}" in env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
+    everywhere = LocalNode(tmp_path / "e", name="postage-5792", amqp_port=5792,
+                           dist_port=25792, listen="0.0.0.0")
+    everywhere._write_files()
+    assert "listeners.tcp.default = 5792" in everywhere.config_file.read_text()
+    assert "ERL_EPMD_ADDRESS" not in everywhere._env()
+    assert LocalNode.from_dict(node.to_dict()).listen == "127.0.0.1"
+
+
+def test_a_recorded_data_directory_must_be_private(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "planted"
+    elsewhere.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(elsewhere, target_is_directory=True)
+    node = LocalNode(tmp_path / "n", name="postage-5793", amqp_port=5793, dist_port=25793,
+                     data_dir=link)
+    with pytest.raises(LocalBrokerError, match="symbolic link"):
+        _ = node.data_dir
+    if os.getuid() == 0:  # a directory of another user is refused too
+        foreign = tmp_path / "foreign"
+        foreign.mkdir()
+        os.chown(foreign, 12345, 12345)
+        node = LocalNode(tmp_path / "m", name="postage-5794", amqp_port=5794,
+                         dist_port=25794, data_dir=foreign)
+        with pytest.raises(LocalBrokerError, match="another user"):
+            _ = node.data_dir
+
+
+def test_an_unreachable_directory_gets_a_private_unpredictable_data_directory(
+        tmp_path: Path) -> None:
+    import pwd
+
+    try:
+        pwd.getpwnam("rabbitmq")
+    except KeyError:
+        pytest.skip("no rabbitmq user here")
+    if os.getuid() != 0:
+        pytest.skip("only root moves the data of a node")
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    first = LocalNode(closed / "n", name="postage-5795", amqp_port=5795, dist_port=25795)
+    second = LocalNode(closed / "n", name="postage-5795", amqp_port=5795, dist_port=25795)
+    try:
+        assert first.data_dir != second.data_dir  # not a name another user can plant
+        assert first.data_dir.name.startswith("postage-postage-5795-")
+        assert (first.data_dir.stat().st_mode & 0o077) == 0  # made private by mkdtemp
+        assert LocalNode.from_dict(first.to_dict()).data_dir == first.data_dir  # recorded
+    finally:
+        shutil.rmtree(first.data_dir, ignore_errors=True)
+        shutil.rmtree(second.data_dir, ignore_errors=True)

@@ -74,6 +74,10 @@ def register(subparsers: Subparsers) -> None:
         action="store_true",
         help="enable the management plugin (HTTP port = AMQP port + 10000)",
     )
+    start.add_argument(
+        "--listen", default="127.0.0.1", metavar="ADDRESS",
+        help="address of every listener (AMQP, TLS, management, Erlang distribution and "
+        "epmd); 0.0.0.0 for every interface (default: 127.0.0.1: this machine only)")
     start.add_argument("--timeout", type=float, default=90, help="seconds to wait for start")
     start.set_defaults(handler=run_start)
 
@@ -219,6 +223,7 @@ def _plan_cluster(args: argparse.Namespace, directory: Path) -> LocalCluster:
         base_dist_port=args.port + _DIST_OFFSET,
         tls_base_port=args.tls_port if args.tls else None,
         plugins=plugins,
+        listen=args.listen,
     )
     if size == 1:  # a single node lives in DIR/postage-PORT, not DIR/node1
         only = cluster.nodes[0]
@@ -230,6 +235,7 @@ def _plan_cluster(args: argparse.Namespace, directory: Path) -> LocalCluster:
                 dist_port=only.dist_port,
                 tls_port=only.tls_port,
                 plugins=only.plugins,
+                listen=only.listen,
             )
         ]
     _check_free(cluster)

@@ -32,6 +32,7 @@ class LocalCluster:
         tls_base_port: int | None = None,
         plugins: Sequence[str] = (),
         nodes: Sequence[LocalNode] | None = None,
+        listen: str = "127.0.0.1",
     ) -> None:
         self.directory = Path(directory).absolute()
         if nodes is not None:
@@ -47,6 +48,7 @@ class LocalCluster:
                 dist_port=base_dist_port + i,
                 tls_port=None if tls_base_port is None else tls_base_port + i,
                 plugins=plugins,
+                listen=listen,
             )
             for i in range(size)
         ]

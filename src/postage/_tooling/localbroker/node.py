@@ -5,7 +5,6 @@ from __future__ import annotations
 __all__ = ['LocalNode']
 
 import contextlib
-import hashlib
 import os
 import shutil
 import signal
@@ -53,10 +52,14 @@ class LocalNode:
         plugins: Sequence[str] = (),
         management_port: int | None = None,
         host: str = "localhost",
+        listen: str = "127.0.0.1",
+        data_dir: Path | None = None,
     ) -> None:
         self.directory = Path(directory).absolute()
         self.name = name
         self.host = host
+        self.listen = listen
+        self._data_dir = None if data_dir is None else Path(data_dir)
         self.amqp_port = amqp_port
         self.dist_port = dist_port
         self.tls_port = tls_port
@@ -95,6 +98,8 @@ class LocalNode:
             "tls_port": self.tls_port,
             "plugins": list(self.plugins),
             "management_port": self.management_port,
+            "listen": self.listen,
+            "data_dir": None if self._data_dir is None else str(self._data_dir),
         }
 
     @classmethod
@@ -108,6 +113,8 @@ class LocalNode:
             tls_port=data.get("tls_port"),
             plugins=tuple(data.get("plugins", ())),
             management_port=data.get("management_port"),
+            listen=data.get("listen", "0.0.0.0"),
+            data_dir=None if data.get("data_dir") is None else Path(data["data_dir"]),
         )
 
     def __repr__(self) -> str:
@@ -139,12 +146,17 @@ class LocalNode:
     @property
     def data_dir(self) -> Path:
         """Where the node's files live: :attr:`directory`, or when running as root and the
-        ``rabbitmq`` user cannot reach it, ``/tmp/postage-nodes/NAME-HASH``."""
+        ``rabbitmq`` user cannot reach it, a private directory made for this node under
+        the system's temporary folder (an unpredictable name, made by ``mkdtemp``, never
+        an existing path another user could have planted; recorded in the state file)."""
+        if self._data_dir is not None:
+            _check_private(self._data_dir)
+            return self._data_dir
         user = _rabbitmq_user()
         if not _is_root() or user is None or _reachable_by(user, self.directory):
             return self.directory
-        digest = hashlib.sha256(str(self.directory).encode()).hexdigest()[:10]
-        return Path(tempfile.gettempdir()) / "postage-nodes" / f"{self.name}-{digest}"
+        self._data_dir = Path(tempfile.mkdtemp(prefix=f"postage-{self.name}-"))
+        return self._data_dir
 
     @property
     def config_file(self) -> Path:
@@ -248,24 +260,28 @@ class LocalNode:
         if self.directory != d:  # leave a way from the given directory to the data
             self.directory.mkdir(parents=True, exist_ok=True)
             link = self.directory / "data"
-            if not link.is_symlink():
+            if link.is_symlink():
+                link.unlink()
+            if not link.exists():
                 link.symlink_to(d, target_is_directory=True)
         (d / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
         (d / "rabbitmq-env.conf").write_text("# rabbitmq-env.conf of a Postage throwaway node\n")
         lines = [
             "# written by postage._tooling.localbroker: a throwaway node",
-            f"listeners.tcp.default = {self.amqp_port}",
+            f"listeners.tcp.default = {self._address(self.amqp_port)}",
             "log.file.level = info",
             "log.console = false",
         ]
         if self.management_port is not None:
             lines += [f"management.tcp.port = {self.management_port}"]
+            if not self._listens_everywhere:
+                lines += [f"management.tcp.ip = {self.listen}"]
         if self.tls_port is not None:
             tls = self._tls_dir
             if not (tls / "ca.pem").exists() or not (tls / "client.key").exists():
                 generate_tls_files(tls)
             lines += [
-                f"listeners.ssl.default = {self.tls_port}",
+                f"listeners.ssl.default = {self._address(self.tls_port)}",
                 f"ssl_options.cacertfile = {tls / 'ca.pem'}",
                 f"ssl_options.certfile = {tls / 'server.pem'}",
                 f"ssl_options.keyfile = {tls / 'server.key'}",
@@ -293,7 +309,28 @@ class LocalNode:
             RABBITMQ_CONF_ENV_FILE=str(d / "rabbitmq-env.conf"),
             RABBITMQ_PID_FILE=str(self.pid_file),
         )
+        if not self._listens_everywhere:  # Erlang distribution and epmd too
+            env["ERL_EPMD_ADDRESS"] = self.listen
+            if self._ipv4 is not None:
+                env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] = (
+                    f"-kernel inet_dist_use_interface {{{','.join(self._ipv4)}}}")
         return env
+
+    @property
+    def _listens_everywhere(self) -> bool:
+        return self.listen in ("0.0.0.0", "::", "")
+
+    @property
+    def _ipv4(self) -> list[str] | None:
+        parts = self.listen.split(".")
+        return parts if len(parts) == 4 and all(p.isdigit() for p in parts) else None
+
+    def _address(self, port: int | None) -> str:
+        """A listener: ``port`` alone (every interface) or ``ADDRESS:port``."""
+        if self._listens_everywhere:
+            return str(port)
+        host = f"[{self.listen}]" if ":" in self.listen else self.listen
+        return f"{host}:{port}"
 
     def start(self, timeout: float = 60) -> None:
         """Start the node and return once it accepts AMQP connections.
@@ -418,3 +455,16 @@ def _terminate(pid: int, grace: float = 15) -> None:
     if _pid_alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def _check_private(path: Path) -> None:
+    """Refuse a recorded data directory that is a symlink, or that belongs to a user who
+    is neither the one running this nor the ``rabbitmq`` user."""
+    if path.is_symlink():
+        raise LocalBrokerError(f"{path} is a symbolic link: refusing to use it")
+    if not path.exists():
+        return
+    owner = path.stat().st_uid
+    user = _rabbitmq_user()
+    if owner not in {os.getuid(), *(() if user is None else (user.pw_uid,))}:
+        raise LocalBrokerError(f"{path} belongs to another user (uid {owner}): refusing it")
