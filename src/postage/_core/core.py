@@ -59,7 +59,7 @@ from .inbound import (
     Subscription,
 )
 from .middleware import IncomingMessage, Middleware, check_middleware, with_instrumentation
-from .outbound import Outbound
+from .outbound import Outbound, reply_to_rule
 from .rpc import RpcClient
 from .workers import WorkerPool
 
@@ -80,7 +80,10 @@ class Core:
     blocking handlers, started on demand (default 512). ``error_details``: error replies
     carry the remote traceback and the server's fingerprint (off by default: they
     disclose file paths, pid, host and user to any caller). ``retry_policy``: the
-    :class:`RetryPolicy` of subscriptions that name none.
+    :class:`RetryPolicy` of subscriptions that name none. ``allowed_reply_to``: the
+    queues replies may go to: None (any, as every AMQP RPC server), ``"direct"``
+    (RabbitMQ's direct reply-to only) or a regular expression ``reply_to`` must match
+    whole; a reply to another queue is not sent (logged).
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class Core:
         middleware: Sequence[Middleware] = (),
         error_details: bool = False,
         retry_policy: RetryPolicy | None = None,
+        allowed_reply_to: str | None = None,
     ) -> None:
         self.settings = settings or ConnectionSettings.from_url(None)
         # ``transport``: another transport (e.g. a MemoryTransport); memory:// URLs get one
@@ -118,7 +122,8 @@ class Core:
         else the program's file name."""
         self.retry_policy = retry_policy or RetryPolicy()
         """The policy of subscriptions that name none (a connection-wide default)."""
-        self.outbound = Outbound(self.transport, self.middleware, max_message_size)
+        self.outbound = Outbound(self.transport, self.middleware, max_message_size,
+                                 allowed_reply_to=reply_to_rule(allowed_reply_to))
         self.rpc = RpcClient(self)
         if max_workers is not None and max_workers < 1:
             raise ConfigurationError("max_workers must be at least 1")

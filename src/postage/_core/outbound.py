@@ -13,11 +13,12 @@ __all__ = ["Outbound"]
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .._exceptions import EncodingError, PostageError
+from .._exceptions import ConfigurationError, EncodingError, PostageError
 from .._wire.properties import PERSISTENT, Properties, QueueSpec, check_name
 from .delays import Delays
 from .inbound import HEADER_DROPPED, dead_letter_headers, resend_properties
@@ -37,12 +38,31 @@ if TYPE_CHECKING:
 log = logging.getLogger("postage.core")
 
 
+DIRECT_REPLY_TO_RULE = r"amq\.rabbitmq\.reply-to(\..*)?"
+
+
+def reply_to_rule(allowed: str | None) -> re.Pattern[str] | None:
+    """The ``allowed_reply_to`` option: None (any queue, as every AMQP RPC server),
+    ``"direct"`` (RabbitMQ's direct reply-to only), or a regular expression the whole
+    ``reply_to`` must match."""
+    if allowed is None:
+        return None
+    pattern = DIRECT_REPLY_TO_RULE if allowed == "direct" else allowed
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ConfigurationError(f"allowed_reply_to {allowed!r} is not a pattern: {exc}") \
+            from None
+
+
 class Outbound:
     """Publishing for one core: messages, replies and dead letters."""
 
     def __init__(self, transport: Transport, middleware: Sequence[Middleware],
-                 max_message_size: int) -> None:
+                 max_message_size: int, *,
+                 allowed_reply_to: re.Pattern[str] | None = None) -> None:
         self.transport = transport
+        self.allowed_reply_to = allowed_reply_to
         self.middleware = tuple(middleware)
         self.max_message_size = max_message_size
         self._chain: PublishNext | None = (
@@ -96,7 +116,13 @@ class Outbound:
 
     async def reply(self, reply_to: str, body: bytes, props: Properties,
                     request: IncomingMessage | None) -> bool:
-        """Send a reply (no confirm); False (logged) when it cannot be sent."""
+        """Send a reply (no confirm); False (logged) when it cannot be sent, or when
+        ``reply_to`` is not one the connection allows (``allowed_reply_to``)."""
+        rule = self.allowed_reply_to
+        if rule is not None and rule.fullmatch(reply_to) is None:
+            log.warning("not replying to %r: reply_to is not one this connection answers "
+                        "(allowed_reply_to=%r)", reply_to[:100], rule.pattern)
+            return False
         if len(body) > self.max_message_size:
             log.warning("cannot send a reply to %r: %d bytes is over the limit", reply_to,
                         len(body))
