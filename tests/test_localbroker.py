@@ -128,7 +128,8 @@ def test_a_port_in_use_is_refused_with_advice(tmp_path: Path,
 
 
 def test_port_0_picks_free_ports(tmp_path: Path) -> None:
-    args = argparse.Namespace(nodes=3, port=0, tls=True, tls_port=0, management=True)
+    args = argparse.Namespace(nodes=3, port=0, tls=True, tls_port=0, management=True,
+                              listen="127.0.0.1")
     cluster = _plan_cluster(args, tmp_path)
     ports = [p for n in cluster.nodes for p in (n.amqp_port, n.dist_port, n.tls_port,
                                                  n.management_port)]
