@@ -267,3 +267,47 @@ async def test_a_lost_connection_fails_waiting_rpcs_and_subscribers_come_back() 
         await server.disconnect()
     finally:
         forget_broker(broker)
+
+
+async def test_large_yaml_is_read_off_the_loop_and_too_large_yaml_is_refused(
+        comm: rmq.RmqCommunicator) -> None:
+    """A large YAML task is decoded in a worker thread (the loop keeps ticking meanwhile);
+    one over the limit is dead-lettered as undecodable without being parsed."""
+    from postage._api.kiwipy import messages
+
+    got: list[int] = []
+    await comm.add_task_subscriber(lambda _c, task: got.append(len(task)))
+    loop = asyncio.get_running_loop()
+    gaps: list[float] = []
+    stop = asyncio.Event()
+
+    async def tick() -> None:
+        last = loop.time()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.ensure_future(tick())
+    big = ["item %d" % i for i in range(30_000)]  # about 400 KB of YAML
+    await comm.task_send(big, no_reply=True)
+    for _ in range(600):
+        if got:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await ticker
+    assert got == [30_000]
+    assert max(gaps) < 0.5  # the loop was never stalled by the decoding
+    dlq = f"{comm._task_queue}.dlq"
+    await comm.core.publish("", comm._task_queue, b"x" * (messages.MAX_YAML + 1))
+    for _ in range(200):
+        if (await comm.core.queue_state(dlq))[0] == 1:
+            break
+        await asyncio.sleep(0.05)
+    delivery = await comm.core.get(dlq)
+    assert delivery is not None
+    assert delivery.headers["x-postage-reason"] == "undecodable"
+    assert "over the limit" in delivery.headers["x-postage-error"]
+    await delivery.ack()

@@ -98,7 +98,7 @@ class RmqSubscriber:
         replies = YamlReplies(codec, host=False)
 
         async def handle(message: IncomingMessage) -> Any:
-            msg = codec.decode(message.body)
+            msg = await codec.decode_off_loop(message.body, core.workers)
             result = await call_subscriber(subscriber, (comm.callback_comm, msg), core,
                                            comm._in_threads)
             try:
@@ -147,7 +147,8 @@ class RmqSubscriber:
             await consumer.cancel(self._comm.close_timeout)
 
     async def _on_broadcast(self, message: IncomingMessage) -> None:
-        body, sender, subject, cid = wire.parse_broadcast(self._codec.decode(message.body))
+        body, sender, subject, cid = wire.parse_broadcast(
+            await self._codec.decode_off_loop(message.body, self._core.workers))
         comm = self._comm
         for subscriber in list(self._broadcast_subscribers.values()):
             try:

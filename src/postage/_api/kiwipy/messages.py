@@ -31,11 +31,19 @@ from .errors import RemoteException, TaskRejected, UnroutableError
 
 if TYPE_CHECKING:
     from ..._core.core import Core
+    from ..._core.workers import WorkerPool
 
 log = logging.getLogger("postage.kiwipy")
 
 Encoder = Callable[[Any], Any]
 Decoder = Callable[[bytes], Any]
+
+
+INLINE_DECODE = 64 * 1024
+"""Bodies up to this size are decoded on the event loop; larger ones in a worker thread
+(YAML is slow to read: 16 MiB took a minute of CPU, during which the loop served nothing)."""
+MAX_YAML = 8 * 1024 * 1024
+"""The largest body the default (YAML) decoder reads: a DecodingError beyond."""
 
 
 class Codec:
@@ -44,6 +52,13 @@ class Codec:
     def __init__(self, encoder: Encoder | None, decoder: Decoder | None) -> None:
         self._encode = encoder or wire.yaml_encode
         self._decode = decoder or wire.yaml_decode
+        self._max_size = MAX_YAML if decoder is None else None
+
+    async def decode_off_loop(self, body: bytes, workers: WorkerPool) -> Any:
+        """:meth:`decode`, in a worker thread when ``body`` is large."""
+        if len(body) <= INLINE_DECODE:
+            return self.decode(body)
+        return await workers.run(self.decode, body)
 
     def encode(self, value: Any) -> bytes:
         try:
@@ -55,6 +70,9 @@ class Codec:
         return body.encode() if isinstance(body, str) else bytes(body)
 
     def decode(self, body: bytes) -> Any:
+        if self._max_size is not None and len(body) > self._max_size:
+            raise DecodingError(f"a YAML body of {len(body)} bytes is over the limit of "
+                                f"{self._max_size}")
         try:
             return self._decode(body)
         except PostageError:

@@ -190,7 +190,7 @@ class RmqTaskSubscriber:
             await self.disconnect()
 
     async def _on_task(self, message: IncomingMessage) -> Any:
-        task, no_reply = self._decode(message.body)
+        task, no_reply = await self._decode(message.body)
         message.state["no_reply"] = no_reply
         pending = None if no_reply else self._replies.pending_sender(self._core,
                                                                      message.delivery)
@@ -209,9 +209,10 @@ class RmqTaskSubscriber:
                 raise SubscriberFailed(f"{type(exc).__name__}: {exc}") from exc
         raise TaskRejected("every task subscriber of this process rejected the task")
 
-    def _decode(self, body: bytes) -> tuple[Any, bool]:
+    async def _decode(self, body: bytes) -> tuple[Any, bool]:
         """(task, no_reply) of a task body; DecodingError if it is not one."""
-        return wire.parse_task(self._ctx.codec.decode(body))
+        return wire.parse_task(
+            await self._ctx.codec.decode_off_loop(body, self._core.workers))
 
     # -- pull -------------------------------------------------------------------------
 
@@ -220,7 +221,7 @@ class RmqTaskSubscriber:
         if delivery is None:
             return None
         try:
-            task, no_reply = self._decode(delivery.body)
+            task, no_reply = await self._decode(delivery.body)
         except DecodingError as exc:
             await self._core.move_to_dead_letters(delivery, self._queue, f"{self._queue}.dlq",
                                                   "undecodable", str(exc))
