@@ -290,7 +290,7 @@ async def test_large_yaml_is_read_off_the_loop_and_too_large_yaml_is_refused(
             last = now
 
     ticker = asyncio.ensure_future(tick())
-    big = ["item %d" % i for i in range(30_000)]  # about 400 KB of YAML
+    big = [f"item {i}" for i in range(30_000)]  # about 400 KB of YAML
     await comm.task_send(big, no_reply=True)
     for _ in range(600):
         if got:
