@@ -311,3 +311,22 @@ async def test_large_yaml_is_read_off_the_loop_and_too_large_yaml_is_refused(
     assert delivery.headers["x-postage-reason"] == "undecodable"
     assert "over the limit" in delivery.headers["x-postage-error"]
     await delivery.ack()
+
+
+def test_kiwipy_submodules_and_internals_real_programs_use() -> None:
+    """``kiwipy.exceptions.QueueEmpty`` and friends (kiwiPy's own test suite), and a thread
+    communicator's ``_loop`` and ``_communicator`` (plumpy's tests, AiiDA plugins)."""
+    assert kiwipy.exceptions.QueueEmpty is kiwipy.QueueEmpty
+    assert kiwipy.futures.Future is kiwipy.Future
+    assert kiwipy.filters.BroadcastFilter is kiwipy.BroadcastFilter
+    assert kiwipy.local.LocalCommunicator is kiwipy.LocalCommunicator
+    assert kiwipy.utils.EventHelper is kiwipy.EventHelper
+    assert rmq.RmqThreadCommunicator._loop.__doc__  # type: ignore[attr-defined]
+
+
+def test_the_thread_communicator_exposes_its_loop(
+        thread_comm: rmq.RmqThreadCommunicator) -> None:
+    loop = thread_comm._loop
+    assert loop is thread_comm.loop()
+    loop.set_debug(False)  # what plumpy's fixture does (with True)
+    assert isinstance(thread_comm._communicator, rmq.RmqCommunicator)

@@ -7,7 +7,7 @@ subscriber, recovery, ``<queue>.dlq`` for tasks that cannot be handled; bodies a
 YAML's safe loader. See docs/kiwipy.md for what differs.
 """
 
-from . import exceptions, filters, futures, local, utils
+from . import exceptions, filters, futures, local, utils  # noqa: F401 - kiwipy.exceptions.X
 from .communicate import connect
 from .communications import Communicator, CommunicatorHelper
 from .exceptions import (
@@ -61,4 +61,4 @@ __all__ = [
     "wait",
 ]
 
-del exceptions, filters, futures, local, utils
+# the submodules stay attributes of the package, as in kiwiPy (kiwipy.exceptions.QueueEmpty)

@@ -174,6 +174,12 @@ class RmqThreadCommunicator(Communicator, _OnPortal):
     def loop(self) -> asyncio.AbstractEventLoop:
         return self._portal.loop
 
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop of the communicator's thread, under kiwiPy's attribute name
+        (plumpy's tests and AiiDA plugins reach for it: ``communicator._loop``)."""
+        return self._portal.loop
+
     def is_closed(self) -> bool:
         return self._closed
 
