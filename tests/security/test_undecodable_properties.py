@@ -16,9 +16,11 @@ what cannot be written back; forged counters count as exhausted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import struct
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pamqp.frame
@@ -37,6 +39,7 @@ from tests.pika_helpers import pika_read
 from tests.recorder import Recorder
 
 from .raw_properties import BAD_UTF8, RawProperties, random_properties
+from .test_hostile_apis import _delete
 
 FUZZ_FRAMES = 20_000  # content headers tried against the decoder (no broker)
 BROKER_FUZZ = 300  # random property sets pushed through the real broker
@@ -137,16 +140,30 @@ def _publish_raw(url: str, queue: str, items: list[tuple[bytes, bytes]]) -> int:
 
 
 def _cleanup(url: str, *queues: str) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
+    _delete(url, list(queues))
+
+
+@contextlib.asynccontextmanager
+async def _failing_consumer(url: str, prefix: str, attempts: int
+                            ) -> AsyncIterator[tuple[AsyncClient, str, list[bytes]]]:
+    """An AsyncClient consuming a new durable queue with a handler that always fails
+    (``attempts`` per message); (client, queue, the bodies the handler got)."""
+    queue = f"test.undecodable.{prefix}.{uuid.uuid4().hex[:8]}"
+    calls: list[bytes] = []
+
+    def fail(body: bytes) -> None:
+        calls.append(body)
+        raise RuntimeError("handler failed")
+
+    client = AsyncClient(url)
+    await client.open()
     try:
-        for name in [*queues, *(f"{q}.dlq" for q in queues)]:
-            channel = connection.channel()
-            try:
-                channel.queue_delete(name)
-            except pika.exceptions.ChannelClosedByBroker:
-                pass
+        await client.receive("", "", queue, fail, durable=True,
+                             policy=RetryPolicy(max_attempts=attempts, delay=0))
+        yield client, queue, calls
     finally:
-        connection.close()
+        await client.close()
+        await asyncio.to_thread(_cleanup, url, queue)
 
 
 async def _until(predicate: Any, timeout: float = 20.0) -> None:
@@ -238,22 +255,11 @@ async def test_values_that_cannot_be_written_back_are_dropped_and_named(
     """A failing handler's message carries a header double beyond a 32-bit float and an
     invalid UTF-8 long string: its retries and its dead letter leave them out (named in
     x-postage-dropped-headers) instead of being nacked in a loop."""
-    queue = f"test.undecodable.resend.{uuid.uuid4().hex[:8]}"
-    calls: list[bytes] = []
-
-    def fail(body: bytes) -> None:
-        calls.append(body)
-        raise RuntimeError("handler failed")
-
     entries = (_short(b"big") + b"d" + struct.pack(">d", 1e39)
                + _short(b"raw") + b"S" + struct.pack(">I", 3) + BAD_UTF8[0] * 3
                + _short(b"fine") + b"S" + struct.pack(">I", 2) + b"ok")
     raw = _props(headers=struct.pack(">I", len(entries)) + entries)
-    client = AsyncClient(broker_url)
-    await client.open()
-    try:
-        await client.receive("", "", queue, fail, durable=True,
-                             policy=RetryPolicy(max_attempts=3, delay=0))
+    async with _failing_consumer(broker_url, "resend", 3) as (client, queue, calls):
         assert await asyncio.to_thread(_publish_raw, broker_url, queue, [(raw, b"poison")]) == 1
         dead = await asyncio.to_thread(pika_read, broker_url, f"{queue}.dlq", 1)
         assert [body for _, body in dead] == [b"poison"]
@@ -263,34 +269,17 @@ async def test_values_that_cannot_be_written_back_are_dropped_and_named(
         assert headers["fine"] == "ok"
         assert len(calls) == 3  # the policy's attempts, no more, no loop
         assert client.core.transport.reconnections == 0
-    finally:
-        await client.close()
-        await asyncio.to_thread(_cleanup, broker_url, queue)
 
 
 @pytest.mark.parametrize("forged", [-1_000_000, 10**12, "3", 2.5, True])
 async def test_forged_counters_count_as_exhausted(broker_url: str, forged: Any) -> None:
-    queue = f"test.undecodable.counter.{uuid.uuid4().hex[:8]}"
-    calls: list[bytes] = []
-
-    def fail(body: bytes) -> None:
-        calls.append(body)
-        raise RuntimeError("handler failed")
-
-    client = AsyncClient(broker_url)
-    await client.open()
-    try:
-        await client.receive("", "", queue, fail, durable=True,
-                             policy=RetryPolicy(max_attempts=5, delay=0))
+    async with _failing_consumer(broker_url, "counter", 5) as (client, queue, calls):
         await client.publish("", queue, b"forged", properties=postage.Properties(
             headers={"x-postage-attempts": forged}))
         dead = await asyncio.to_thread(pika_read, broker_url, f"{queue}.dlq", 1)
         assert [body for _, body in dead] == [b"forged"]
         await asyncio.sleep(0.5)
         assert len(calls) == 1  # exhausted at once: no extra tries
-    finally:
-        await client.close()
-        await asyncio.to_thread(_cleanup, broker_url, queue)
 
 
 async def test_another_users_user_id_is_kept_in_a_header(broker: Any, broker_url: str) -> None:
@@ -301,18 +290,7 @@ async def test_another_users_user_id_is_kept_in_a_header(broker: Any, broker_url
     broker.ctl("add_user", user, password)
     try:
         broker.ctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
-        queue = f"test.undecodable.user.{uuid.uuid4().hex[:8]}"
-        calls: list[bytes] = []
-
-        def fail(body: bytes) -> None:
-            calls.append(body)
-            raise RuntimeError("handler failed")
-
-        client = AsyncClient(broker_url)
-        await client.open()
-        try:
-            await client.receive("", "", queue, fail, durable=True,
-                                 policy=RetryPolicy(max_attempts=2, delay=0))
+        async with _failing_consumer(broker_url, "user", 2) as (_client, queue, calls):
             other = broker_url.replace("guest:guest", f"{user}:{password}")
 
             def send() -> None:
@@ -329,9 +307,6 @@ async def test_another_users_user_id_is_kept_in_a_header(broker: Any, broker_url
             assert dead[0][0].headers[HEADER_USER_ID] == user
             assert dead[0][0].user_id is None
             assert len(calls) == 2
-        finally:
-            await client.close()
-            await asyncio.to_thread(_cleanup, broker_url, queue)
     finally:
         broker.ctl("delete_user", user)
 
