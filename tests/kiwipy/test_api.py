@@ -4,6 +4,7 @@ Postage's guarantees added (dead-letter queues, safe YAML)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -330,3 +331,34 @@ def test_the_thread_communicator_exposes_its_loop(
     assert loop is thread_comm.loop()
     loop.set_debug(False)  # what plumpy's fixture does (with True)
     assert isinstance(thread_comm._communicator, rmq.RmqCommunicator)
+
+
+async def test_unreadable_rpcs_and_broadcasts_keep_the_communicator_serving(
+        comm: rmq.RmqCommunicator) -> None:
+    """Unsafe YAML sent to an RPC subscriber and as a broadcast: the caller of the RPC gets
+    an error, the broadcast goes to ``<message exchange>.dlq``; both subscribers go on."""
+    got: list[Any] = []
+    await comm.add_rpc_subscriber(lambda _c, msg: f"echo {msg}", "echo")
+    await comm.add_broadcast_subscriber(lambda _c, body, *_: got.append(body))
+    unsafe = b"!!python/object/apply:os.system ['true']"
+    exchange = comm._message_exchange
+    from postage._wire.kiwipy import BROADCAST_TOPIC
+
+    await comm.core.publish(exchange, BROADCAST_TOPIC, unsafe, mandatory=False)
+    dlq = f"{exchange}.dlq"
+    for _ in range(200):
+        with contextlib.suppress(postage.NotFound):  # declared when first needed
+            if (await comm.core.queue_state(dlq))[0] == 1:
+                break
+        await asyncio.sleep(0.05)
+    delivery = await comm.core.get(dlq)
+    assert delivery is not None and delivery.headers["x-postage-reason"] == "undecodable"
+    await delivery.ack()
+    await comm.core.delete_queue(dlq)
+    assert await comm.broadcast_send("readable")
+    assert await (await comm.rpc_send("echo", 1)) == "echo 1"
+    for _ in range(100):
+        if got:
+            break
+        await asyncio.sleep(0.05)
+    assert got == ["readable"]

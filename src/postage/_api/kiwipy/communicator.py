@@ -131,8 +131,10 @@ class RmqSubscriber:
             raise DuplicateSubscriberIdentifier(f"Broadcast identifier '{identifier}'")
         self._broadcast_subscribers[identifier] = subscriber
         if self._broadcast_consumer is None:
-            # broadcasts are news: one that cannot be read is logged and dropped
-            options = HandlingOptions(errors="log", dead_letter_queue=None)
+            # broadcasts are news: a failing subscriber is logged, not retried; one that
+            # cannot be read goes to one durable <message exchange>.dlq (a DLQ per
+            # communicator would outlive its temporary queue), as the communicator's do
+            options = HandlingOptions(errors="log", dead_letter_queue=f"{self._exchange}.dlq")
             self._broadcast_consumer = await self._core.consume(
                 self._broadcast_queue, self._on_broadcast, options)
         return identifier
