@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 import asyncio
+import collections
 import datetime
 import logging
 import random
@@ -219,6 +220,11 @@ class Subscription:
         self._replies = options.replies
         # a message the broker redelivers is counted (only where retries make sense)
         self._counts = options.errors == "retry" and self.dead_letter_queue is not None
+        # messages this subscription gave back to the broker itself because their retry
+        # (or redelivery) copy could not be sent: their next delivery is not a crash, and
+        # keeps its count (in memory: if this process dies, a crash is what it was)
+        self._handed_back: collections.OrderedDict[tuple[Any, ...], tuple[str, int]] = (
+            collections.OrderedDict())
 
     async def cancel(self, timeout: float = 10.0) -> None:
         """Stop consuming; wait for handlers in progress (up to ``timeout``)."""
@@ -236,8 +242,14 @@ class Subscription:
             attempt = _int_header(headers, HEADER_ATTEMPTS) + 1
         else:
             exchange, routing_key, attempt = delivery.exchange, delivery.routing_key, 1
+        given_back = self._handed_back.pop(_identity(delivery), None) \
+            if delivery.redelivered and self._handed_back else None
+        if given_back is not None and given_back[0] == "attempt":
+            attempt = given_back[1] + 1  # its retry copy could not be sent: a new try
         message = IncomingMessage(delivery, self.queue, str(exchange), str(routing_key),
                                   attempt)
+        if given_back is not None:
+            message.state[_GIVEN_BACK] = given_back
         if self._track:  # reply middleware finds the request here
             self.core._handling[id(delivery)] = message
         outcome = "requeued"
@@ -255,8 +267,10 @@ class Subscription:
     async def _process(self, message: IncomingMessage, headers: dict[str, Any]) -> str:
         """Handle ``message`` and settle it; what happened to it (see Middleware.settled)."""
         delivery = message.delivery
+        given_back = message.state.get(_GIVEN_BACK)
         try:
-            if delivery.redelivered and self._counts:
+            if delivery.redelivered and self._counts and (
+                    given_back is None or given_back[0] == "redelivered"):
                 return await self._redelivered(message)
             self._check(message, headers)
             result = await self._handle(message)
@@ -352,7 +366,11 @@ class Subscription:
         return await self.dead_letter(message, reason, error)
 
     async def _redelivered(self, message: IncomingMessage) -> str:
-        count = _int_header(message.headers, HEADER_REDELIVERIES) + 1
+        count = _int_header(message.headers, HEADER_REDELIVERIES)
+        given_back = message.state.get(_GIVEN_BACK)
+        if given_back is not None:  # counted already, but its copy could not be sent
+            count = max(count, given_back[1] - 1)
+        count += 1
         if count > self.policy.max_redeliveries:
             error = (f"delivered {count} times without its handler finishing (its consumer "
                      "died or lost its connection while handling it)")
@@ -398,11 +416,24 @@ class Subscription:
         except PostageError as perr:
             log.error("cannot send a message back to %r (%s); the broker redelivers it",
                       self.queue, perr, extra=log_fields(message, self.core))
+            self._give_back(delivery, counts)
             await asyncio.sleep(0.5)
             await delivery.nack(requeue=True)
             return False
         await delivery.ack()
         return True
+
+    def _give_back(self, delivery: Delivery, counts: dict[str, Any]) -> None:
+        """Remember a message handed back to the broker by this subscription (its copy
+        could not be sent), with the count its copy would have carried."""
+        if HEADER_REDELIVERIES in counts:
+            entry = ("redelivered", int(counts[HEADER_REDELIVERIES]) + 1)
+        else:
+            entry = ("attempt", int(counts.get(HEADER_ATTEMPTS, 0)))
+        handed_back = self._handed_back
+        handed_back[_identity(delivery)] = entry
+        while len(handed_back) > MAX_HANDED_BACK:
+            handed_back.popitem(last=False)
 
     async def dead_letter(self, message: IncomingMessage, reason: str, error: str) -> str:
         """Move the message to the dead-letter queue with why in its headers, then ack;
@@ -426,6 +457,16 @@ class Subscription:
             except Exception:
                 log.exception("middleware %r failed in dead_lettered()", mw)
         return "dead-lettered"
+
+
+_GIVEN_BACK = "postage.given_back"  # IncomingMessage.state: handed back, and its count
+MAX_HANDED_BACK = 10_000  # messages remembered per subscription (the oldest forgotten)
+
+
+def _identity(delivery: Delivery) -> tuple[Any, ...]:
+    """What tells a message apart when the broker delivers it again (same message id,
+    same body)."""
+    return (delivery.properties.message_id, len(delivery.body), hash(delivery.body))
 
 
 def log_fields(message: IncomingMessage, core: Core) -> dict[str, Any]:
