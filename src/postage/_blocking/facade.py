@@ -63,6 +63,12 @@ class Facade:
     def _guard(self) -> None:
         """Called before each verb; raise to refuse it."""
 
+    def _twin_method(self, name: str, kwargs: dict[str, Any]) -> Callable[..., Any]:
+        """The twin's method ``name``, with ``kwargs`` bound, once the guard let it be."""
+        self._guard()
+        method: Callable[..., Any] = getattr(getattr(self, self._twin_name), name)
+        return functools.partial(method, **kwargs) if kwargs else method
+
     def _deadline(self, bound: float | None = None) -> float:
         return outer_deadline(bound, self._timeout)
 
@@ -142,10 +148,7 @@ def blocking(twin: Callable[Concatenate[Any, P], Awaitable[R]], *,
     bound_of = _bound_of(twin, bound)
 
     def verb(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        self._guard()
-        method = getattr(getattr(self, self._twin_name), name)
-        if kwargs:
-            method = functools.partial(method, **kwargs)
+        method = self._twin_method(name, kwargs)
         limit = None if bound_of is None else bound_of(self, args, kwargs)
         result: R = self._portal.call(method, *args, timeout=self._deadline(limit))
         return result
@@ -179,10 +182,7 @@ def blocking_future(
 
     def verb(self: Any, /, *args: P.args, **kwargs: P.kwargs
              ) -> concurrent.futures.Future[T] | None:
-        self._guard()
-        method = getattr(getattr(self, self._twin_name), name)
-        if kwargs:
-            method = functools.partial(method, **kwargs)
+        method = self._twin_method(name, kwargs)
         window = self._window if send else None
         if window is None:
             future: concurrent.futures.Future[T] | None = self._future(method, *args)

@@ -369,7 +369,7 @@ class Subscription:
         count = _int_header(message.headers, HEADER_REDELIVERIES)
         given_back = message.state.get(_GIVEN_BACK)
         if given_back is not None:  # counted already, but its copy could not be sent
-            count = max(count, given_back[1] - 1)
+            count = max(count, given_back[1])
         count += 1
         if count > self.policy.max_redeliveries:
             error = (f"delivered {count} times without its handler finishing (its consumer "
@@ -427,7 +427,7 @@ class Subscription:
         """Remember a message handed back to the broker by this subscription (its copy
         could not be sent), with the count its copy would have carried."""
         if HEADER_REDELIVERIES in counts:
-            entry = ("redelivered", int(counts[HEADER_REDELIVERIES]) + 1)
+            entry = ("redelivered", int(counts[HEADER_REDELIVERIES]))
         else:
             entry = ("attempt", int(counts.get(HEADER_ATTEMPTS, 0)))
         handed_back = self._handed_back

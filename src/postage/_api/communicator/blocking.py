@@ -1,8 +1,8 @@
 """The blocking communicator: a thin facade over :class:`AsyncCommunicator` on a portal.
 
 Each verb is declared from its asyncio twin (:mod:`postage._blocking.facade`): it runs the
-twin's coroutine on the portal (in the calling thread when nobody else runs the loop) and
-waits for it with the one outer-deadline rule; futures handed to the caller are
+twin's coroutine on the portal (an event loop in a daemon thread) and waits for it with the
+one outer-deadline rule; futures handed to the caller are
 ``concurrent.futures.Future`` objects. No messaging logic lives here.
 """
 

@@ -144,15 +144,17 @@ def _field_end(data: bytes, offset: int, kind: str) -> int:
     return offset + _SIZES[kind]
 
 
+_DECODERS: dict[str, Callable[[bytes], Any]] = {
+    "s": pamqp.decode.short_str, "T": pamqp.decode.field_table, "t": pamqp.decode.timestamp,
+}  # an octet always decodes
+
+
 def _readable(raw: bytes, kind: str) -> bool:
-    """Whether pamqp can decode this one field (and Postage encode it again)."""
+    """Whether pamqp's own decoder reads this one field."""
+    decode = _DECODERS.get(kind)
     try:
-        if kind == "s":
-            raw[1:].decode("utf-8")
-        elif kind == "T":
-            pamqp.decode.field_table(raw)
-        elif kind == "t":
-            pamqp.decode.timestamp(raw)
+        if decode is not None:
+            decode(raw)
     except (Exception, RecursionError):
         return False
     return True
