@@ -47,6 +47,21 @@ def thread_comm(url: str) -> Iterator[rmq.RmqThreadCommunicator]:
         yield communicator
 
 
+async def _first_dead_letter(comm: rmq.RmqCommunicator, dlq: str, polls: int
+                             ) -> dict[str, Any]:
+    """The headers of the first message of ``dlq`` (acked), once it holds one (looked at
+    ``polls`` times, 50 ms apart; the queue is declared when first needed)."""
+    for _ in range(polls):
+        with contextlib.suppress(postage.NotFound):
+            if (await comm.core.queue_state(dlq))[0] == 1:
+                break
+        await asyncio.sleep(0.05)
+    delivery = await comm.core.get(dlq)
+    assert delivery is not None
+    await delivery.ack()
+    return delivery.headers
+
+
 async def test_rpc_results_errors_and_unroutable(comm: rmq.RmqCommunicator) -> None:
     await comm.add_rpc_subscriber(lambda _c, msg: {"got": msg}, "echo")
     assert await (await comm.rpc_send("echo", (1, "a"))) == {"got": (1, "a")}
@@ -120,16 +135,9 @@ async def test_a_failing_task_answers_its_sender_and_goes_to_the_dlq(
     await comm.add_task_subscriber(fail)
     with pytest.raises(kiwipy.RemoteException, match="cannot do 7"):
         await asyncio.wait_for(await comm.task_send(7), 10)
-    dlq = f"{comm._task_queue}.dlq"
-    for _ in range(100):
-        if (await comm.core.queue_state(dlq))[0] == 1:
-            break
-        await asyncio.sleep(0.05)
-    delivery = await comm.core.get(dlq)
-    assert delivery is not None
-    assert delivery.headers["x-postage-reason"] == "handler-failed"
-    assert "cannot do 7" in delivery.headers["x-postage-error"]
-    await delivery.ack()
+    headers = await _first_dead_letter(comm, f"{comm._task_queue}.dlq", 100)
+    assert headers["x-postage-reason"] == "handler-failed"
+    assert "cannot do 7" in headers["x-postage-error"]
 
 
 async def test_a_task_every_subscriber_rejects_is_not_retried_forever(
@@ -198,14 +206,8 @@ async def test_unsafe_yaml_is_never_loaded(comm: rmq.RmqCommunicator, tmp_path: 
     queue = await comm.task_queue(f"{comm._task_queue}.unsafe")
     await queue.add_task_subscriber(lambda _c, task: task)
     await comm.core.publish(comm._task_exchange, queue.queue_name, body)
-    dlq = f"{queue.queue_name}.dlq"
-    for _ in range(100):
-        if (await comm.core.queue_state(dlq))[0] == 1:
-            break
-        await asyncio.sleep(0.05)
-    delivery = await comm.core.get(dlq)
-    assert delivery is not None and delivery.headers["x-postage-reason"] == "undecodable"
-    await delivery.ack()
+    headers = await _first_dead_letter(comm, f"{queue.queue_name}.dlq", 100)
+    assert headers["x-postage-reason"] == "undecodable"
     assert not marker.exists()
 
 
@@ -301,17 +303,10 @@ async def test_large_yaml_is_read_off_the_loop_and_too_large_yaml_is_refused(
     await ticker
     assert got == [30_000]
     assert max(gaps) < 0.5  # the loop was never stalled by the decoding
-    dlq = f"{comm._task_queue}.dlq"
     await comm.core.publish("", comm._task_queue, b"x" * (messages.MAX_YAML + 1))
-    for _ in range(200):
-        if (await comm.core.queue_state(dlq))[0] == 1:
-            break
-        await asyncio.sleep(0.05)
-    delivery = await comm.core.get(dlq)
-    assert delivery is not None
-    assert delivery.headers["x-postage-reason"] == "undecodable"
-    assert "over the limit" in delivery.headers["x-postage-error"]
-    await delivery.ack()
+    headers = await _first_dead_letter(comm, f"{comm._task_queue}.dlq", 200)
+    assert headers["x-postage-reason"] == "undecodable"
+    assert "over the limit" in headers["x-postage-error"]
 
 
 def test_kiwipy_submodules_and_internals_real_programs_use() -> None:
@@ -346,14 +341,8 @@ async def test_unreadable_rpcs_and_broadcasts_keep_the_communicator_serving(
 
     await comm.core.publish(exchange, BROADCAST_TOPIC, unsafe, mandatory=False)
     dlq = f"{exchange}.dlq"
-    for _ in range(200):
-        with contextlib.suppress(postage.NotFound):  # declared when first needed
-            if (await comm.core.queue_state(dlq))[0] == 1:
-                break
-        await asyncio.sleep(0.05)
-    delivery = await comm.core.get(dlq)
-    assert delivery is not None and delivery.headers["x-postage-reason"] == "undecodable"
-    await delivery.ack()
+    headers = await _first_dead_letter(comm, dlq, 200)
+    assert headers["x-postage-reason"] == "undecodable"
     await comm.core.delete_queue(dlq)
     assert await comm.broadcast_send("readable")
     assert await (await comm.rpc_send("echo", 1)) == "echo 1"
