@@ -381,3 +381,32 @@ async def test_raw_replies_carry_no_content_type(client: AsyncClient, names: Nam
     assert reply.body == b"ABC"
     assert reply.content_type is None
     assert reply.correlation_id is not None
+
+
+async def test_the_exchange_of_a_durable_queue_is_durable(
+        client: AsyncClient, names: Names, caplog: pytest.LogCaptureFixture) -> None:
+    async def handler(body: bytes) -> None:
+        pass
+
+    fresh, old = names.exchange(), names.exchange()
+    await client.receive(fresh, "k", names.queue(), handler, durable=True)
+    # it is durable: declaring it transient is refused by the broker
+    with pytest.raises(PreconditionFailed):
+        await client.core.declare_exchange(fresh, "topic", durable=False)
+    # one declared transient before (by an earlier version) is used as it is, with a word
+    await client.core.declare_exchange(old, "topic", durable=False)
+    queue = names.queue()
+    inbox = Inbox()
+
+    async def keep(body: bytes) -> None:
+        inbox.add(body)
+
+    with caplog.at_level("WARNING", logger="postage.client"):
+        await client.receive(old, "k", queue, keep, durable=True)
+    assert f"exchange {old!r} exists and is not durable" in caplog.text
+    await client.publish(old, "k", b"still works")
+    assert await inbox.wait(1) == [b"still works"]
+    # another type is still refused
+    with pytest.raises(PreconditionFailed):
+        await client.receive(old, "k", names.queue(), handler, durable=True,
+                             exchange_type="fanout")

@@ -20,7 +20,7 @@ from postage._core.core import (
     Core,
     HandlingOptions,
 )
-from postage._core.delays import HEADER_DELAY, UNROUTED
+from postage._core.delays import HEADER_DELAY
 from postage._core.middleware import IncomingMessage
 
 from .conftest import Names
@@ -100,7 +100,7 @@ async def test_a_target_gone_by_then_ends_in_the_unrouted_queue(core: Core, name
         await core.publish(exchange, "rk", marker, delay=0.4)
         await core.transport.delete_exchange(exchange)
     unrouted = Inbox()
-    await core.transport.consume(UNROUTED, unrouted, no_ack=True)
+    await core.transport.consume(core.outbound.delays.names.unrouted, unrouted, no_ack=True)
     async with asyncio.timeout(10):
         while not any(d.body == marker for d in unrouted.items):
             await asyncio.sleep(0.05)

@@ -28,7 +28,12 @@ from typing import Any, TypeAlias
 
 from .._core.core import Core, HandlingOptions, RetryPolicy, Subscription, open_core
 from .._core.middleware import IncomingMessage
-from .._exceptions import ConfigurationError, ConnectionClosed, EncodingError
+from .._exceptions import (
+    ConfigurationError,
+    ConnectionClosed,
+    EncodingError,
+    PreconditionFailed,
+)
 from .._wire.delays import resolve_delay
 from .._wire.properties import Properties
 
@@ -180,7 +185,7 @@ class AsyncClient:
         ``delay`` (seconds) or ``not_before`` (a datetime): the message reaches the
         exchange that much later; it is persistent and confirmed once stored on the
         broker, and ``Unroutable`` cannot be known then (a message nobody receives when
-        its time comes goes to the queue ``postage.delay.unrouted``).
+        its time comes goes to the queue ``postage.delay.<user>.unrouted``).
         """
         await self.core.publish(
             exchange, routing_key, to_bytes(body), Properties.coerce(properties),
@@ -205,12 +210,14 @@ class AsyncClient:
 
         The queue is ``auto_delete`` unless ``durable`` (as in the seed). ``quorum=True``
         declares a replicated quorum queue (durable, never auto-delete; its ``.dlq`` is a
-        quorum queue too). With ``exchange`` ``""`` the queue is consumed without
-        declaring or binding an exchange.
+        quorum queue too). The exchange of a durable or quorum queue is durable, so that
+        the binding, and delayed messages sent through it, survive a broker restart; one
+        that exists already as a transient exchange is used as it is, with a warning. With
+        ``exchange`` ``""`` the queue is consumed without declaring or binding an exchange.
         """
         core = self.core
         if exchange:
-            await core.declare_exchange(exchange, exchange_type)
+            await _declare_exchange(core, exchange, exchange_type, durable or quorum)
         if quorum:
             if auto_delete:
                 raise ConfigurationError("a quorum queue cannot be auto-delete")
@@ -267,3 +274,18 @@ class AsyncClient:
         else:
             state = f"open on {core.settings!r}"
         return f"<AsyncClient {state}>"
+
+
+async def _declare_exchange(core: Core, name: str, type: str, durable: bool) -> None:
+    """Declare ``name``, durable for a queue that outlives a restart; an exchange that
+    exists already as a transient one (declared so by an earlier version) is kept."""
+    try:
+        await core.declare_exchange(name, type, durable=durable)
+    except PreconditionFailed:
+        if not durable:
+            raise
+        # the same, transient: PreconditionFailed again for any other difference (its type)
+        await core.declare_exchange(name, type, durable=False)
+        log.warning("exchange %r exists and is not durable: its bindings, and delayed "
+                    "messages on their way through it, do not survive a broker restart "
+                    "(delete it to have it declared durable)", name)

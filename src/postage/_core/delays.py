@@ -1,30 +1,31 @@
 """Delayed messages on RabbitMQ itself (no plugin): the topology and the publish.
 
-The layout is :mod:`postage._wire.delays`: one durable queue per power of two of 10 ms,
-each with its own TTL, chained by dead-lettering and exchange-to-exchange bindings. A
-delayed message is persistent, confirmed when it is stored in its first level queue, and
-survives restarts of its sender, its consumer and the broker. A message whose target is
-gone when its delay ends goes to the queue ``postage.delay.unrouted`` (the deliver
+The layout is :mod:`postage._wire.delays`: one quorum queue per power of two of 10 ms,
+each with its own TTL, chained by at-least-once dead-lettering and exchange-to-exchange
+bindings, under names of the connection's own user. A delayed message is persistent,
+confirmed when it is stored in its first level queue, and survives restarts of its
+sender, its consumer and the broker, a broker killed outright included (a move between
+two levels is confirmed by the next level before the first lets the message go; a crash
+at that moment can deliver it twice, never lose it). A message whose target is gone when
+its delay ends goes to the queue ``postage.delay.<user>.unrouted`` (the deliver
 exchange's alternate exchange) instead of being dropped.
 """
 
 from __future__ import annotations
 
-__all__ = ["HEADER_DELAY", "UNROUTED", "Delays"]
+__all__ = ["HEADER_DELAY", "DelayNames", "Delays", "user_of"]
 
 import asyncio
 from dataclasses import replace
 from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
 from .._wire.delays import (
-    DELIVER,
-    ENTRY,
     LEVELS,
     UNIT,
+    DelayNames,
     delay_key,
-    level_exchange,
     level_pattern,
-    level_queue,
     target_pattern,
     ticks,
 )
@@ -35,7 +36,9 @@ if TYPE_CHECKING:
     from .._transport import Transport
 
 HEADER_DELAY = "x-postage-delay-ms"
-UNROUTED = "postage.delay.unrouted"
+# quorum level queues that hand a message on only once the next level has it
+_LEVEL_ARGUMENTS = {"x-queue-type": "quorum", "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish"}
 # headers a trip through the levels leaves on a message: dropped before another trip
 _TRIP_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue",
                  "x-first-death-reason", "CC")
@@ -49,6 +52,14 @@ class Delays:
         self._declared = False
         self._lock = asyncio.Lock()
         self._targets: set[tuple[str, str]] = set()
+        self._names: DelayNames | None = None
+
+    @property
+    def names(self) -> DelayNames:
+        """The levels of the connection's user (known once the transport is connected)."""
+        if self._names is None:
+            self._names = DelayNames(user_of(self.transport.url or ""))
+        return self._names
 
     @staticmethod
     def wanted(delay: float | None) -> bool:
@@ -80,8 +91,8 @@ class Delays:
         # persistent, so that it survives a broker restart in the durable level queues;
         # no expiration: a per-message TTL would cut the wait short
         props = replace(props, headers=headers, delivery_mode=PERSISTENT, expiration=None)
-        await self.transport.publish(ENTRY, key, body, props, mandatory=mandatory,
-                                     timeout=timeout)
+        await self.transport.publish(self.names.entry, key, body, props,
+                                     mandatory=mandatory, timeout=timeout)
 
     async def prepare(self, queue: str) -> None:
         """Declare the delay queues and the route back to ``queue`` now (a consumer that
@@ -97,29 +108,35 @@ class Delays:
     async def _declare_once(self) -> None:
         if self._declared:  # by another caller, while this one waited for the lock
             return
-        declare = self.transport.declare_exchange
-        await declare(ExchangeSpec.make(UNROUTED, "fanout", durable=True))
-        await self.transport.declare_queue(QueueSpec.make(UNROUTED, durable=True))
-        await self.transport.bind(Binding(UNROUTED, UNROUTED, ""))
-        await declare(ExchangeSpec.make(DELIVER, "topic", durable=True,
-                                        arguments={"alternate-exchange": UNROUTED}))
+        names, declare = self.names, self.transport.declare_exchange
+        await declare(ExchangeSpec.make(names.unrouted, "fanout", durable=True))
+        await self.transport.declare_queue(QueueSpec.make(names.unrouted, durable=True))
+        await self.transport.bind(Binding(names.unrouted, names.unrouted, ""))
+        await declare(ExchangeSpec.make(names.deliver, "topic", durable=True,
+                                        arguments={"alternate-exchange": names.unrouted}))
         for level in range(LEVELS):
-            await declare(ExchangeSpec.make(level_exchange(level), "topic", durable=True))
+            exchange, below = names.level_exchange(level), names.level_exchange(level - 1)
+            await declare(ExchangeSpec.make(exchange, "topic", durable=True))
             ttl = round((2**level) * UNIT * 1000)
             await self.transport.declare_queue(QueueSpec.make(
-                level_queue(level), durable=True, arguments={
-                    "x-message-ttl": ttl,
-                    "x-dead-letter-exchange": level_exchange(level - 1)}))
+                names.level_queue(level), durable=True, arguments={
+                    **_LEVEL_ARGUMENTS, "x-message-ttl": ttl, "x-dead-letter-exchange": below}))
             await self.transport.bind(Binding(
-                level_queue(level), level_exchange(level), level_pattern(level, "1")))
+                names.level_queue(level), exchange, level_pattern(level, "1")))
             await self.transport.bind(Binding(
-                level_exchange(level - 1), level_exchange(level),
-                level_pattern(level, "0"), to_exchange=True))
+                below, exchange, level_pattern(level, "0"), to_exchange=True))
         self._declared = True
 
     async def _bind_target(self, kind: str, name: str) -> None:
         if (kind, name) in self._targets:
             return
-        await self.transport.bind(Binding(name, DELIVER, target_pattern(kind, name),
-                                          to_exchange=kind == "x"))
+        await self.transport.bind(Binding(name, self.names.deliver,
+                                          target_pattern(kind, name), to_exchange=kind == "x"))
         self._targets.add((kind, name))
+
+
+def user_of(url: str) -> str:
+    """The broker user a connection URL logs in as (``guest``, AMQP's default, when the
+    URL names none: with EXTERNAL authentication, name the certificate's user in the URL,
+    ``amqps://alice@host/?auth_mechanism=external``, to get that user's delay levels)."""
+    return unquote(urlsplit(url).username or "guest")
