@@ -85,6 +85,32 @@ async def test_rpc_results_errors_and_unroutable(comm: rmq.RmqCommunicator) -> N
         await comm.rpc_send("echo", 1)
 
 
+async def test_responses_to_cancelled_calls_are_dropped_quietly(
+        comm: rmq.RmqCommunicator, caplog: pytest.LogCaptureFixture) -> None:
+    release = asyncio.Event()
+    answered = 0
+
+    async def slow(_c: Any, msg: Any) -> Any:
+        nonlocal answered
+        await release.wait()
+        answered += 1
+        return msg
+
+    await comm.add_rpc_subscriber(slow, "slow")
+    calls = [await comm.rpc_send("slow", i) for i in range(30)]
+    for call in calls:
+        call.cancel()
+    with caplog.at_level("DEBUG", logger="postage.kiwipy"):
+        release.set()
+        assert await (await comm.rpc_send("slow", "after")) == "after"
+        async with asyncio.timeout(10):
+            while caplog.text.count("response to cancelled call") < 30:
+                await asyncio.sleep(0.02)
+    # the requests had been delivered: they ran, and their responses are dropped
+    assert answered == 31
+    assert "unknown correlation id" not in caplog.text
+
+
 async def test_a_subscriber_returning_a_future_gives_a_nested_future(
         comm: rmq.RmqCommunicator) -> None:
     later: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

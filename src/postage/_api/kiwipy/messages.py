@@ -184,6 +184,9 @@ def translate_publish_error(exc: PostageError) -> PostageError:
     return exc
 
 
+_ABANDONED_KEPT = 10_000
+
+
 class PublisherWithReplyQueue:
     """Publishes on one exchange and waits for responses on a reply queue of its own
     (``<exchange>-reply-<uuid>``, exclusive, bound to the exchange under its name).
@@ -200,6 +203,9 @@ class PublisherWithReplyQueue:
         self.testing_mode = testing_mode
         self.reply_queue = ""
         self._awaiting: dict[str, asyncio.Future[Any]] = {}
+        # correlation ids of calls their callers cancelled, newest last: a response still
+        # comes for them (the request cannot be taken back) and is dropped without a warning
+        self._abandoned: dict[str, None] = {}
         self._connected = False
 
     async def connect(self) -> None:
@@ -258,6 +264,9 @@ class PublisherWithReplyQueue:
         """A future the caller cancelled waits for nothing any more."""
         if done.cancelled() and self._awaiting.get(cid) is done:
             del self._awaiting[cid]
+            self._abandoned[cid] = None
+            if len(self._abandoned) > _ABANDONED_KEPT:
+                del self._abandoned[next(iter(self._abandoned))]
 
     def fail_all(self, error: Exception) -> None:
         """Fail every future still waiting for a response."""
@@ -275,7 +284,10 @@ class PublisherWithReplyQueue:
         cid = delivery.correlation_id
         future = self._awaiting.pop(cid, None) if cid is not None else None
         if future is None or future.done():
-            log.warning("response with unknown correlation id %r dropped", cid)
+            if cid in self._abandoned:
+                log.debug("response to cancelled call %r dropped", cid)
+            else:
+                log.warning("response with unknown correlation id %r dropped", cid)
             return
         try:
             response = wire.parse_response(self.codec.decode(delivery.body))
