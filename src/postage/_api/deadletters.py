@@ -19,7 +19,9 @@ __all__ = ["Connection", "DeadLetter", "ReplayReport", "Where", "peek", "purge",
            "summary"]
 
 import asyncio
+import collections
 import datetime
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -40,7 +42,7 @@ from .._core.inbound import (
     HEADER_FIRST_FAILED,
     HEADER_LAST_FAILED,
 )
-from .._exceptions import ConfigurationError, DeliveryTimeout, PostageError
+from .._exceptions import ConfigurationError, ConnectionClosed, DeliveryTimeout, PostageError
 from .._transport import Delivery
 from .._wire.properties import Properties
 
@@ -223,9 +225,14 @@ class Where:
 
 @dataclass
 class ReplayReport:
+    """What a replay did: ``replayed`` and ``kept`` count distinct messages; ``repeated``
+    counts messages sent a second time because the ack of their first copy was lost with
+    a connection (each may be at its target, or back in the queue, twice)."""
+
     replayed: int = 0
     kept: int = 0
     failed: list[str] = field(default_factory=list)
+    repeated: int = 0
 
 
 class _Reader:
@@ -281,42 +288,149 @@ async def peek(conn: Connection, queue: str, count: int = 10,
     return [DeadLetter.from_delivery(d, queue) for d in taken]
 
 
+REPLAY_WINDOW = 32  # messages sent and not yet confirmed at once
+
+
 async def replay(conn: Connection, queue: str, *, limit: int | None = None,
                  where: Where | None = None, timeout: float = 10.0,
-                 to_original: bool = False) -> ReplayReport:
+                 to_original: bool = False, window: int = REPLAY_WINDOW) -> ReplayReport:
     """Send the messages of ``queue`` back to the queue they were consumed from (at most
     ``limit``; only those ``where`` accepts), each confirmed before its dead letter is
-    acked. ``to_original``: to the exchange and routing key their headers name instead
-    (their sender could have written those: only for messages you trust)."""
+    acked, up to ``window`` at once. ``to_original``: to the exchange and routing key their
+    headers name instead (their sender could have written those: only for messages you
+    trust).
+
+    Through a lost connection (on a reconnecting connection): a delivery of the dead
+    channel is never sent (the broker delivers it again). A message whose copy was
+    confirmed but whose ack was lost with the connection comes back, and is sent again
+    (counted in ``repeated``, not twice in ``replayed``); so is one whose copy was sent as
+    the connection died, its confirm lost with it. Either way at most about ``window``
+    messages per lost connection can reach their target twice, and none is lost.
+    ``timeout``: the longest wait for the next message (a reconnection included)."""
+    if window < 1:
+        raise ConfigurationError(f"window must be 1 or more, not {window!r}")
     core = _core_of(conn)
     ready, _ = await core.queue_state(queue)
     report = ReplayReport()
     if ready == 0 or limit == 0:
         return report
+    run = _Replay(core, queue, report, where=where, to_original=to_original, window=window)
     reader = _Reader()
     consumer = await core.consume_raw(queue, reader, prefetch_count=min(ready, 100))
     try:
-        for _ in range(ready):  # each message present at the start, once
+        # each message present at the start, once
+        while run.taken < ready and (limit is None or run.started < limit):
             delivery = await reader.next(timeout)
-            letter = DeadLetter.from_delivery(delivery, queue)
-            if where is not None and not where(letter):
-                await _move(core, delivery, "", queue, delivery.properties)
-                report.kept += 1
-                continue
-            exchange, routing_key = letter.replay_target(to_original=to_original)
-            try:
-                await _move(core, delivery, exchange, routing_key, _replayed(letter))
-            except PostageError as exc:  # e.g. Unroutable: its target is gone; kept
-                await _move(core, delivery, "", queue, delivery.properties)
-                report.failed.append(f"{exchange!r}/{routing_key!r}: {exc}")
-                continue
-            report.replayed += 1
-            if limit is not None and report.replayed >= limit:
-                break
+            await run.take(delivery)
+        await run.finish()
     finally:
+        await run.finish()
         await consumer.cancel(1.0)
         await reader.give_back()
     return report
+
+
+class _Replay:
+    """One replay: deliveries taken, copies in flight, and the latest moved (by content:
+    one whose ack is lost with its channel comes back, and is not counted twice)."""
+
+    def __init__(self, core: Core, queue: str, report: ReplayReport, *,
+                 where: Where | None, to_original: bool, window: int) -> None:
+        self.core, self.queue, self.report = core, queue, report
+        self.where, self.to_original = where, to_original
+        self.taken = 0  # deliveries counted towards the messages present at the start
+        self.started = 0  # replays started (the limit counts these)
+        self._window = asyncio.Semaphore(window)
+        self._tasks: set[asyncio.Task[None]] = set()
+        # moved lately: an ack still in flight when its channel died may be lost
+        self._recent: collections.deque[tuple[bytes, Delivery]] = collections.deque(
+            maxlen=4 * window)
+
+    async def take(self, delivery: Delivery) -> None:
+        if delivery.channel_lost:
+            return  # the broker delivers it again, on the restored consumer
+        key = _content_key(delivery)
+        if delivery.redelivered and self._tasks:
+            await self.finish()  # (rare) a move in flight may be this message's first
+        # moved already by this replay, its ack lost: sent again (never dropped unsent:
+        # another message may have the same content), but not counted again
+        again = delivery.redelivered and self._moved_on_lost_channel(key)
+        if not again:
+            self.taken += 1
+        letter = DeadLetter.from_delivery(delivery, self.queue)
+        if self.where is not None and not self.where(letter):
+            exchange, routing_key, props, kept = "", self.queue, delivery.properties, True
+        else:
+            exchange, routing_key = letter.replay_target(to_original=self.to_original)
+            props, kept = _replayed(letter), False
+            self.started += not again
+        await self._window.acquire()
+        task = asyncio.create_task(self._move(delivery, key, exchange, routing_key, props,
+                                              kept, again))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _moved_on_lost_channel(self, key: bytes) -> bool:
+        for i, (moved, delivery) in enumerate(self._recent):
+            if moved == key and delivery.channel_lost:
+                del self._recent[i]
+                return True
+        return False
+
+    async def _move(self, delivery: Delivery, key: bytes, exchange: str, routing_key: str,
+                    props: Properties, kept: bool, again: bool) -> None:
+        """Publish (confirmed), then ack: never the other way round."""
+        try:
+            try:
+                if delivery.channel_lost:  # lost while it waited: it comes again
+                    raise ConnectionClosed("its channel is lost")
+                await self.core.resend(exchange, routing_key, delivery.body, props)
+            except PostageError as exc:
+                if delivery.channel_lost:  # sent as the connection died: it comes again
+                    if again:  # still known as moved before, when it does
+                        self._recent.append((key, delivery))
+                    else:
+                        self._count_again(kept)
+                    return
+                if kept:
+                    raise
+                # e.g. Unroutable: its target is gone; it stays, at the end of the queue
+                await self.core.resend("", self.queue, delivery.body, delivery.properties)
+                self.report.failed.append(f"{exchange!r}/{routing_key!r}: {exc}")
+                self.started -= not again  # not replayed: the limit does not count it
+                kept = True
+            await delivery.ack()
+            self._recent.append((key, delivery))
+            self._count(kept, again)
+        finally:
+            self._window.release()
+
+    def _count(self, kept: bool, again: bool) -> None:
+        if again:
+            self.report.repeated += 1
+        elif kept:
+            self.report.kept += 1
+        else:
+            self.report.replayed += 1
+
+    def _count_again(self, kept: bool) -> None:
+        self.taken -= 1
+        if not kept:
+            self.started -= 1
+
+    async def finish(self) -> None:
+        """Wait for the copies in flight (an error of one is raised once all are done)."""
+        tasks = list(self._tasks)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+
+def _content_key(delivery: Delivery) -> bytes:
+    digest = hashlib.blake2b(delivery.body, digest_size=16)
+    digest.update(repr(delivery.properties).encode())
+    return digest.digest()
 
 
 def _replayed(letter: DeadLetter) -> Properties:
@@ -324,13 +438,6 @@ def _replayed(letter: DeadLetter) -> Properties:
     previous = letter.headers.get(HEADER_REPLAYS)
     headers[HEADER_REPLAYS] = (previous if isinstance(previous, int) else 0) + 1
     return replace(letter.properties, headers=headers)
-
-
-async def _move(core: Core, delivery: Delivery, exchange: str, routing_key: str,
-                properties: Properties) -> None:
-    """Publish (confirmed), then ack: never the other way round."""
-    await core.resend(exchange, routing_key, delivery.body, properties)
-    await delivery.ack()
 
 
 async def purge(conn: Connection, queue: str) -> int:

@@ -63,6 +63,7 @@ from .._wire.encoding import Encoder
 from .._wire.envelope import decode_envelope
 from .._wire.properties import Properties, portable
 from .middleware import HandleNext, IncomingMessage, chain_handle, overrides
+from .workers import FOR_DELIVERY, Withdrawn
 
 if TYPE_CHECKING:
     from .._transport import Consumer, Delivery
@@ -269,13 +270,21 @@ class Subscription:
         delivery = message.delivery
         given_back = message.state.get(_GIVEN_BACK)
         try:
+            if delivery.channel_lost:  # it waited: the broker delivers it again
+                return "requeued"
             if delivery.redelivered and self._counts and (
                     given_back is None or given_back[0] == "redelivered"):
                 return await self._redelivered(message)
             self._check(message, headers)
-            result = await self._handle(message)
+            token = FOR_DELIVERY.set(delivery)
+            try:
+                result = await self._handle(message)
+            finally:
+                FOR_DELIVERY.reset(token)
             if self._replies is not None and delivery.reply_to:
                 await self._reply(message, result)
+        except Withdrawn:  # its channel was lost before a worker thread took it up
+            return "requeued"
         except asyncio.CancelledError:
             await delivery.nack(requeue=True)
             raise

@@ -10,14 +10,18 @@ leave after ``idle_timeout`` seconds without work.
 
 from __future__ import annotations
 
-__all__ = ["WorkerPool"]
+__all__ = ["FOR_DELIVERY", "Withdrawn", "WorkerPool"]
 
 import asyncio
 import collections
+import contextvars
 import itertools
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from .._transport import Delivery
 
 T = TypeVar("T")
 _names = itertools.count(1)
@@ -78,14 +82,21 @@ class WorkerPool:
             self._wake.notify_all()
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run blocking ``fn`` in a worker thread; the loop keeps serving meanwhile."""
+        """Run blocking ``fn`` in a worker thread; the loop keeps serving meanwhile.
+
+        Work for a delivery (see :data:`FOR_DELIVERY`) whose channel is lost by the time a
+        thread takes it up is not run: it raises :class:`Withdrawn` (the broker delivers
+        the message again)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        delivery = FOR_DELIVERY.get()
 
         def work() -> None:
             # One hand-back to the loop per call (cheaper than run_in_executor's chained
             # concurrent/asyncio futures, which showed in profiles of RPC subscribers).
             try:
+                if delivery is not None and delivery.channel_lost:
+                    raise Withdrawn
                 result = fn(*args, **kwargs)
             except BaseException as exc:
                 outcome: tuple[Any, Any] = (_fail_future, exc)
@@ -98,6 +109,17 @@ class WorkerPool:
 
         self.submit(work)
         return await future
+
+
+class Withdrawn(BaseException):
+    """Work for a delivery whose channel was lost before the work started: not run. A
+    BaseException, so that it passes the handlers' own ``except Exception`` and reaches
+    the pipeline, which leaves the delivery to the broker."""
+
+
+FOR_DELIVERY: contextvars.ContextVar[Delivery | None] = contextvars.ContextVar(
+    "postage_for_delivery", default=None)
+"""The delivery whose handler is running in this context (set by the inbound pipeline)."""
 
 
 def _resolve_future(future: asyncio.Future[Any], result: Any) -> None:

@@ -99,6 +99,12 @@ class Delivery(abc.ABC):
     def settled(self) -> bool:
         return self._settled
 
+    @property
+    def channel_lost(self) -> bool:
+        """True once the channel it came on is gone: it can no longer be settled, and the
+        broker delivers the message again (to this consumer, once restored, or another)."""
+        return False
+
     async def ack(self) -> bool:
         """Acknowledge; False if the channel died meanwhile (the broker redelivers)."""
         return await self._settle("ack", False)

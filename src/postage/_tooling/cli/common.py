@@ -68,11 +68,13 @@ def fingerprint(settings: ConnectionSettings) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def connect(args: argparse.Namespace) -> AsyncIterator[Core]:
-    """A core for the command: no reconnecting (a CLI fails fast), closed at the end."""
+async def connect(args: argparse.Namespace, *, reconnect: bool = False
+                  ) -> AsyncIterator[Core]:
+    """A core for the command, closed at the end: not reconnecting (a CLI fails fast)
+    unless ``reconnect`` (a long command that can go on where it was)."""
     _configure_logging(bool(getattr(args, "verbose", False)))
     url = ",".join(settings_of(args).urls)
-    core = await open_core(url, reconnect=False, connect_timeout=CONNECT_TIMEOUT)
+    core = await open_core(url, reconnect=reconnect, connect_timeout=CONNECT_TIMEOUT)
     try:
         yield core
     finally:

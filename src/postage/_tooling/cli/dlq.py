@@ -164,22 +164,29 @@ def run_show(args: argparse.Namespace) -> int:
     return run(main)
 
 
+REPLAY_WAIT = 30.0  # s: the longest wait for the next dead letter, a reconnection included
+
+
 def run_replay(args: argparse.Namespace) -> int:
     where = Where.parse(args.where) if args.where else None
     if args.limit is not None and args.limit < 0:
         raise ConfigurationError("--limit must be 0 or more")
 
     async def main() -> int:
-        async with connect(args) as core:
+        # reconnecting: a replay goes on through a lost connection (see replay())
+        async with connect(args, reconnect=True) as core:
             report = await replay(core, args.queue, limit=args.limit, where=where,
-                                  to_original=args.to_original)
+                                  to_original=args.to_original, timeout=REPLAY_WAIT)
         if args.json:
             _print_json({"queue": args.queue, "replayed": report.replayed,
-                         "kept": report.kept, "failed": report.failed})
+                         "kept": report.kept, "failed": report.failed,
+                         "repeated": report.repeated})
         else:
             print(f"{args.queue}: replayed {report.replayed}, kept {report.kept}"
                   + (f", could not replay {len(report.failed)} (kept)" if report.failed
-                     else ""))
+                     else "")
+                  + (f"; {report.repeated} sent again after a lost connection (possibly "
+                     "twice at their target)" if report.repeated else ""))
             for failure in report.failed:
                 print(f"  {failure}", file=sys.stderr)
         return 1 if report.failed else 0

@@ -91,6 +91,10 @@ class AmqpDelivery(Delivery):
     def _get(self, name: str) -> Any:
         return getattr(self._raw_properties, name)
 
+    @property
+    def channel_lost(self) -> bool:
+        return bool(self._channel.is_closed)
+
     async def _settle(self, what: str, requeue: bool) -> bool:
         if self._settled:
             return True

@@ -72,6 +72,10 @@ class MemoryDelivery(Delivery):
     def properties(self) -> Properties:
         return self._properties
 
+    @property
+    def channel_lost(self) -> bool:
+        return self._consumer is not None and (self._channel is None or self._channel.closed)
+
     async def _settle(self, what: str, requeue: bool) -> bool:
         if self._settled:
             return True
