@@ -53,8 +53,9 @@ class ConnectionSettings:
     def from_url(cls, url: str | Sequence[str] | None = None, **options: Any) -> ConnectionSettings:
         """Settings for ``url`` (or ``POSTAGE_URL`` and the ``POSTAGE_*`` variables when None).
 
-        Query options understood: ``heartbeat``, ``connection_timeout`` (seconds),
-        ``name``, ``cafile``, ``certfile``, ``keyfile``, ``no_verify_ssl``.
+        Query options understood: ``heartbeat``, ``connection_timeout`` and
+        ``publish_timeout`` (seconds), ``name``, ``cafile``, ``certfile``, ``keyfile``,
+        ``no_verify_ssl``.
         Keyword ``options`` override fields of the settings.
         """
         if url is None:
@@ -67,6 +68,10 @@ class ConnectionSettings:
                 values["heartbeat"] = int(query["heartbeat"])
             if "connection_timeout" in query:
                 values["connect_timeout"] = float(query["connection_timeout"])
+            if "publish_timeout" in query:
+                values["publish_timeout"] = float(query["publish_timeout"])
+                if not values["publish_timeout"] > 0:
+                    raise ValueError("publish_timeout must be more than 0")
         except ValueError as exc:
             raise ConfigurationError(f"bad query option in {redact_url(urls[0])}: {exc}") from None
         if "name" in query:

@@ -17,6 +17,13 @@ def test_single_url_with_query_options() -> None:
     assert s.tls is None
 
 
+def test_publish_timeout_in_the_query() -> None:
+    assert ConnectionSettings.from_url("amqp://h/?publish_timeout=4.5").publish_timeout == 4.5
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(ConfigurationError, match="bad query option"):
+            ConnectionSettings.from_url(f"amqp://h/?publish_timeout={bad}")
+
+
 def test_amqps_enables_tls_with_files() -> None:
     s = ConnectionSettings.from_url("amqps://h/?cafile=/ca.pem&certfile=/c.pem&keyfile=/k.pem")
     assert s.tls is not None

@@ -13,8 +13,10 @@ import postage
 
 MODULES = ["", ".communications", ".exceptions", ".filters", ".futures", ".local", ".utils",
            ".communicate", ".rmq", ".rmq.communicator", ".rmq.tasks", ".rmq.threadcomms"]
-# constructor arguments that take an aio-pika object in kiwiPy and a Postage one here
-DIFFERENT_DEFAULTS = {"encoder", "decoder", "connection_factory"}
+# constructor arguments that take an aio-pika object in kiwiPy and a Postage one here, and
+# the task prefetch, bounded here (docs/kiwipy.md)
+DIFFERENT_DEFAULTS = {"encoder", "decoder", "connection_factory", "task_prefetch_count",
+                      "prefetch_count"}
 
 
 def pairs() -> list[tuple[str, str]]:

@@ -208,7 +208,7 @@ class RmqCommunicator:
         task_exchange: str = wire.TASK_EXCHANGE,
         task_queue: str = wire.TASK_QUEUE,
         task_prefetch_size: int = wire.TASK_PREFETCH_SIZE,
-        task_prefetch_count: int = wire.TASK_PREFETCH_COUNT,
+        task_prefetch_count: int = wire.TASK_PREFETCH_DEFAULT,
         encoder: Encoder | None = None,
         decoder: Decoder | None = None,
         testing_mode: bool = False,
@@ -347,7 +347,7 @@ class RmqCommunicator:
 
     async def task_queue(self, queue_name: str,
                          prefetch_size: int = wire.TASK_PREFETCH_SIZE,
-                         prefetch_count: int = wire.TASK_PREFETCH_COUNT) -> RmqTaskQueue:
+                         prefetch_count: int = wire.TASK_PREFETCH_DEFAULT) -> RmqTaskQueue:
         """A task queue (declared if need be) of this communicator's task exchange."""
         self._ensure_connected()
         queue = RmqTaskQueue(self, exchange_name=self._task_exchange, queue_name=queue_name,
@@ -404,7 +404,7 @@ async def async_connect(
     task_exchange: str = wire.TASK_EXCHANGE,
     task_queue: str = wire.TASK_QUEUE,
     task_prefetch_size: int = wire.TASK_PREFETCH_SIZE,
-    task_prefetch_count: int = wire.TASK_PREFETCH_COUNT,
+    task_prefetch_count: int = wire.TASK_PREFETCH_DEFAULT,
     encoder: Encoder | None = None,
     decoder: Decoder | None = None,
     testing_mode: bool = False,

@@ -126,7 +126,7 @@ class RmqTaskSubscriber:
                  queue_name: str = wire.TASK_QUEUE, testing_mode: bool = False,
                  decoder: Any = None, encoder: Any = None, exchange_params: Any = None,
                  prefetch_size: int = wire.TASK_PREFETCH_SIZE,
-                 prefetch_count: int = wire.TASK_PREFETCH_COUNT) -> None:
+                 prefetch_count: int = wire.TASK_PREFETCH_DEFAULT) -> None:
         self._ctx = _Context(connection, encoder, decoder, testing_mode)
         self._core = self._ctx.core
         self._exchange = exchange_name
@@ -373,7 +373,7 @@ class RmqTaskQueue:
                  exchange_name: str = wire.MESSAGE_EXCHANGE,
                  queue_name: str = wire.TASK_QUEUE, decoder: Any = None, encoder: Any = None,
                  exchange_params: Any = None, prefetch_size: int = wire.TASK_PREFETCH_SIZE,
-                 prefetch_count: int = wire.TASK_PREFETCH_COUNT,
+                 prefetch_count: int = wire.TASK_PREFETCH_DEFAULT,
                  testing_mode: bool = False) -> None:
         self._publisher = RmqTaskPublisher(
             connection, queue_name=queue_name, exchange_name=exchange_name, encoder=encoder,

@@ -131,7 +131,7 @@ class RmqThreadCommunicator(Communicator, _OnPortal):
         task_exchange: str = wire.TASK_EXCHANGE,
         task_queue: str = wire.TASK_QUEUE,
         task_prefetch_size: int = wire.TASK_PREFETCH_SIZE,
-        task_prefetch_count: int = wire.TASK_PREFETCH_COUNT,
+        task_prefetch_count: int = wire.TASK_PREFETCH_DEFAULT,
         encoder: Encoder | None = None,
         decoder: Decoder | None = None,
         testing_mode: bool = False,
@@ -152,7 +152,7 @@ class RmqThreadCommunicator(Communicator, _OnPortal):
         task_exchange: str = wire.TASK_EXCHANGE,
         task_queue: str = wire.TASK_QUEUE,
         task_prefetch_size: int = wire.TASK_PREFETCH_SIZE,
-        task_prefetch_count: int = wire.TASK_PREFETCH_COUNT,
+        task_prefetch_count: int = wire.TASK_PREFETCH_DEFAULT,
         encoder: Encoder | None = None,
         decoder: Decoder | None = None,
         testing_mode: bool = False,
@@ -211,7 +211,7 @@ class RmqThreadCommunicator(Communicator, _OnPortal):
     broadcast_send = blocking(RmqCommunicator.broadcast_send)
 
     def task_queue(self, queue_name: str, prefetch_size: int = wire.TASK_PREFETCH_SIZE,
-                   prefetch_count: int = wire.TASK_PREFETCH_COUNT) -> RmqThreadTaskQueue:
+                   prefetch_count: int = wire.TASK_PREFETCH_DEFAULT) -> RmqThreadTaskQueue:
         self._ensure_open()
         queue = self._call(self._communicator.task_queue, queue_name, prefetch_size,
                            prefetch_count)
@@ -292,7 +292,7 @@ def connect(
     task_exchange: str = wire.TASK_EXCHANGE,
     task_queue: str = wire.TASK_QUEUE,
     task_prefetch_size: int = wire.TASK_PREFETCH_SIZE,
-    task_prefetch_count: int = wire.TASK_PREFETCH_COUNT,
+    task_prefetch_count: int = wire.TASK_PREFETCH_DEFAULT,
     encoder: Encoder | None = None,
     decoder: Decoder | None = None,
     testing_mode: bool = False,
