@@ -224,6 +224,8 @@ class Transport(abc.ABC):
         self.reconnections = 0
         self.reconnected_at: float | None = None
         """``time.monotonic()`` of the latest reconnection (None: never reconnected)."""
+        self.lost_at: float | None = None
+        """``time.monotonic()`` of the latest loss of the connection (None: never lost)."""
 
     # -- shared state -----------------------------------------------------------------
 
@@ -255,6 +257,11 @@ class Transport(abc.ABC):
                 callback(reason)
             except Exception:
                 log.exception("blocked callback failed")
+
+    def _lost(self) -> None:
+        """The connection is lost: calls wait until it is back."""
+        self.lost_at = time.monotonic()
+        self._ready.clear()
 
     def _reconnected(self) -> None:
         self.reconnections += 1

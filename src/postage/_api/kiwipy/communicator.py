@@ -283,11 +283,23 @@ class RmqCommunicator:
         self._opened = True
 
     def _on_reconnect(self) -> None:
-        # responses to RPCs sent before the connection was lost may never come
+        # Responses to RPCs sent before the connection was lost may never come (the
+        # request may have been lost with its subscriber's exclusive queue). A task stays
+        # in its durable queue, and its response waits in the reply queue, unless that
+        # expired while the connection was down.
         if self._message_publisher is not None:
             self._message_publisher.fail_all(ConnectionError(
                 "the connection was lost while waiting for the response; "
                 "the call may or may not have been handled"))
+        transport = self.core.transport
+        outage = (transport.reconnected_at or 0.0) - (transport.lost_at or 0.0)
+        for queue in self._task_queues:
+            publisher = queue._publisher
+            if not publisher.keeps_responses_through(outage):
+                publisher.fail_all(ConnectionError(
+                    f"the connection was lost for {outage:.0f} s, and the reply queue with "
+                    "it: the task's response may have been lost (the task may or may not "
+                    "have been handled)"))
 
     async def disconnect(self) -> None:
         """Stop the subscribers (letting running ones finish) and close the connection."""

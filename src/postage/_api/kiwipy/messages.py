@@ -214,13 +214,23 @@ class PublisherWithReplyQueue:
         core = self.core
         await core.declare_exchange(self.exchange, "topic", auto_delete=self.testing_mode)
         name = f"{self.exchange}-reply-{uuid.uuid4()}"
-        await core.declare_queue(name, exclusive=True, auto_delete=self.testing_mode,
+        # Not exclusive: the queue outlives a lost connection for REPLY_QUEUE_EXPIRES, so
+        # that a response sent meanwhile waits for its caller (testing mode: exclusive,
+        # gone with the connection, as in kiwiPy).
+        testing = self.testing_mode
+        await core.declare_queue(name, durable=not testing, exclusive=testing,
+                                 auto_delete=testing,
                                  arguments={"x-expires": wire.REPLY_QUEUE_EXPIRES})
         await core.bind(name, self.exchange, name)
-        # no_ack, as kiwiPy: a response is worth nothing once its caller is gone
-        await core.consume_raw(name, self._on_response, no_ack=True)
+        # acked once read: a response in flight when the connection drops comes again
+        await core.consume_raw(name, self._on_response)
         self.reply_queue = name
         self._connected = True
+
+    def keeps_responses_through(self, outage: float) -> bool:
+        """Did responses sent during a loss of the connection of ``outage`` seconds wait
+        in the reply queue? (Not if it expired meanwhile, or went with the connection.)"""
+        return not self.testing_mode and outage < wire.REPLY_QUEUE_EXPIRES / 1000 - 5
 
     async def publish(self, body: bytes, routing_key: str, props: Properties, *,
                       mandatory: bool = True, reply: asyncio.Future[Any] | None = None,
@@ -276,16 +286,17 @@ class PublisherWithReplyQueue:
                 future.set_exception(error)
 
     async def _on_response(self, delivery: Delivery) -> None:
-        # Resolved without awaiting anything: each delivery runs in a task of its own,
+        # Resolved before awaiting anything: each delivery runs in a task of its own,
         # and a "pending" response must be seen before the result that follows it.
         self._resolve(delivery)
+        await delivery.ack()
 
     def _resolve(self, delivery: Delivery) -> None:
         cid = delivery.correlation_id
         future = self._awaiting.pop(cid, None) if cid is not None else None
         if future is None or future.done():
-            if cid in self._abandoned:
-                log.debug("response to cancelled call %r dropped", cid)
+            if cid in self._abandoned or delivery.redelivered:
+                log.debug("response to cancelled call (or seen before) %r dropped", cid)
             else:
                 log.warning("response with unknown correlation id %r dropped", cid)
             return

@@ -211,7 +211,7 @@ class AmqpTransport(AmqpPublisher):
             reason = None
             if connection.closing.done() and not connection.closing.cancelled():
                 reason = connection.closing.exception()
-            self._ready.clear()
+            self._lost()
             close_socket(connection)
             lost_publisher = self._publisher
             _fail_unconfirmed(lost_publisher)

@@ -228,7 +228,7 @@ class MemoryTransport(Transport):
 
     def _recover(self) -> None:
         if not self._closed:
-            self._ready.clear()
+            self._lost()
             self._spawn(self._reconnect())
 
     async def _reconnect(self) -> None:
