@@ -167,8 +167,10 @@ class AmqpPublisher(Transport):
         if self.blocked_reason is not None:
             return DeliveryTimeout(
                 f"the broker blocked this connection ({self.blocked_reason}: a memory or "
-                f"disk alarm): {where} could not be sent in time")
-        return DeliveryTimeout(f"{what} for {where} in time")
+                f"disk alarm): no confirm in time for {where}; it was written to the "
+                "connection and may still be delivered once the alarm lifts (sending it "
+                "again may deliver it twice)")
+        return DeliveryTimeout(f"{what} for {where} in time; it may still be delivered")
 
     async def _publish(
         self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], deadline: float,
