@@ -67,6 +67,51 @@ async def test_a_handler_failing_twice_is_retried_with_back_off(fault_broker: Br
     assert 1.0 <= gaps[0] <= 1.1 and 2.0 <= gaps[1] <= 2.1, gaps
 
 
+async def test_retries_keep_their_accounting_while_the_delay_path_is_down(
+        fault_broker: Broker) -> None:
+    """The delay levels' entry exchange is deleted on the broker while a handler fails:
+    each back-off copy is refused (NOT_FOUND), the message is handed back, and its next
+    delivery is its next attempt, not a crash; it ends in ``.dlq`` with the real error."""
+    queue = f"fault.delay-down.{uuid.uuid4().hex[:8]}"
+    core = await open_core(fault_broker.url)
+    admin = await open_core(fault_broker.url)
+    calls: list[int] = []
+
+    async def failing(message: IncomingMessage) -> None:
+        calls.append(message.attempt)
+        raise ConnectionRefusedError(f"the database is down (try {message.attempt})")
+
+    try:
+        await core.declare_queue(queue, durable=True)
+        policy = RetryPolicy(max_attempts=4, delay=0.5, max_redeliveries=2)
+        await core.consume(queue, failing, HandlingOptions(policy))
+        names = core.outbound.delays.names
+        await admin.transport.delete_exchange(names.entry)  # the delay path is down
+        await core.publish("", queue, b"job")
+        async with asyncio.timeout(30):
+            while (await admin.queue_state(f"{queue}.dlq"))[0] < 1:
+                await asyncio.sleep(0.1)
+        letter = await admin.get(f"{queue}.dlq")
+        assert letter is not None
+        await letter.ack()
+    finally:
+        await core.close(2)
+        await admin.close(2)
+        restore = await open_core(fault_broker.url)  # the levels, for the tests after
+        try:
+            await restore.outbound.delays.prepare(queue)
+        finally:
+            await restore.close(2)
+        await _cleanup(fault_broker.url, queue, f"{queue}.dlq")
+    headers = letter.headers
+    print(f"\ndelay path down (entry exchange deleted), max_attempts 4: handler calls "
+          f"{calls}, dead-lettered as {headers['x-postage-reason']!r} after "
+          f"{headers['x-postage-attempts']} attempts: {headers['x-postage-error']}")
+    assert calls == [1, 2, 3, 4]
+    assert headers["x-postage-reason"] == "handler-failed"
+    assert "the database is down (try 4)" in headers["x-postage-error"]
+
+
 async def test_delayed_messages_survive_a_broker_restart_on_time(
         fault_broker: Broker) -> None:
     queue = f"fault.delayed.{uuid.uuid4().hex[:8]}"
