@@ -409,6 +409,8 @@ class FakeDelivery:
         self.exchange = "x"
         self.routing_key = "k"
         self.reply_to = None
+        self.channel_lost = False  # its channel is alive
+        self.consumer_tag = "fake"
 
     @property
     def settled(self) -> bool:

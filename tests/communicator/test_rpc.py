@@ -189,3 +189,25 @@ async def test_one_server_per_identifier(comm: Comm, comm2: Comm, names: Names) 
         await comm2.add_rpc_subscriber(lambda _c, b: b, ident)
     # the refusal does not disturb the second communicator nor the first server
     assert await asyncio.wait_for(await comm2.rpc_send(ident, "still"), 10) == "still"
+
+
+async def test_a_subscriber_removing_itself_still_answers(comm: Comm, names: Names) -> None:
+    """Removing a subscriber from inside its own handler neither waits for that handler
+    (which waits for the removal) nor closes the channel its reply and ack need."""
+    ident = names.identifier("self-removing")
+
+    if comm.flavour == "async":
+        async def stop(c: Any, _msg: Any) -> str:
+            await c.remove_rpc_subscriber(ident)
+            return "stopped"
+    else:
+        def stop(c: Any, _msg: Any) -> str:  # type: ignore[misc]
+            c.remove_rpc_subscriber(ident)
+            return "stopped"
+
+    await comm.add_rpc_subscriber(stop, ident)
+    started = time.monotonic()
+    assert await asyncio.wait_for(await comm.rpc_send(ident, "x"), 10) == "stopped"
+    assert time.monotonic() - started < 5
+    with pytest.raises(postage.Unroutable):
+        await comm.rpc_send(ident, "again")

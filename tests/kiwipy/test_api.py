@@ -377,3 +377,32 @@ async def test_unreadable_rpcs_and_broadcasts_keep_the_communicator_serving(
             break
         await asyncio.sleep(0.05)
     assert got == ["readable"]
+
+
+async def test_a_subscriber_removing_itself_still_answers(comm: rmq.RmqCommunicator) -> None:
+    """plumpy removes a process's RPC subscriber when the process ends, and a kill RPC
+    ends it: the removal runs inside that RPC's own handler."""
+    async def kill(c: Any, _msg: Any) -> str:
+        await c.remove_rpc_subscriber("proc-1")
+        return "killed"
+
+    await comm.add_rpc_subscriber(kill, "proc-1")
+    started = time.monotonic()
+    assert await asyncio.wait_for(await comm.rpc_send("proc-1", "kill"), 10) == "killed"
+    assert time.monotonic() - started < 5
+    with pytest.raises(kiwipy.UnroutableError):
+        await comm.rpc_send("proc-1", "again")
+
+
+def test_a_thread_subscriber_removing_itself_still_answers(
+        thread_comm: rmq.RmqThreadCommunicator) -> None:
+    def kill(c: Any, _msg: Any) -> str:
+        c.remove_rpc_subscriber("proc-2")
+        return "killed"
+
+    thread_comm.add_rpc_subscriber(kill, "proc-2")
+    started = time.monotonic()
+    assert thread_comm.rpc_send("proc-2", "kill").result(timeout=10) == "killed"
+    assert time.monotonic() - started < 5
+    with pytest.raises(kiwipy.UnroutableError):
+        thread_comm.rpc_send("proc-2", "again")

@@ -316,6 +316,8 @@ class FakeDelivery:
         self.properties = Properties(content_type=content_type, reply_to=reply_to)
         self.exchange, self.routing_key, self.redelivered = "x", "k", False
         self.settled_as: list[str] = []
+        self.channel_lost = False  # its channel is alive
+        self.consumer_tag = "fake"
 
     @property
     def settled(self) -> bool:

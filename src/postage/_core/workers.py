@@ -18,10 +18,9 @@ import contextvars
 import itertools
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-if TYPE_CHECKING:
-    from .._transport import Delivery
+from .._transport.base import HANDLING
 
 T = TypeVar("T")
 _names = itertools.count(1)
@@ -73,6 +72,8 @@ class WorkerPool:
                         return
                 work = self._work.popleft()
             work()
+            # not kept while idle: the job refers to its handler, arguments and result
+            del work
 
     def shutdown(self) -> None:
         """Drop work not started yet; idle threads leave (busy ones finish, as daemons)."""
@@ -90,6 +91,9 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         delivery = FOR_DELIVERY.get()
+        # the caller's context variables (the delivery being handled, tracing's) hold in
+        # the thread, and in the calls it makes back on the loop
+        context = contextvars.copy_context()
 
         def work() -> None:
             # One hand-back to the loop per call (cheaper than run_in_executor's chained
@@ -97,7 +101,7 @@ class WorkerPool:
             try:
                 if delivery is not None and delivery.channel_lost:
                     raise Withdrawn
-                result = fn(*args, **kwargs)
+                result = context.run(fn, *args, **kwargs)
             except BaseException as exc:
                 outcome: tuple[Any, Any] = (_fail_future, exc)
             else:
@@ -117,10 +121,7 @@ class Withdrawn(BaseException):
     the pipeline, which leaves the delivery to the broker."""
 
 
-FOR_DELIVERY: contextvars.ContextVar[Delivery | None] = contextvars.ContextVar(
-    "postage_for_delivery", default=None)
-"""The delivery whose handler is running in this context (set by the inbound pipeline)."""
-
+FOR_DELIVERY = HANDLING  # the delivery whose handler runs in this context
 
 def _resolve_future(future: asyncio.Future[Any], result: Any) -> None:
     if not future.done():

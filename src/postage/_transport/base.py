@@ -23,6 +23,7 @@ __all__ = [
 
 import abc
 import asyncio
+import contextvars
 import itertools
 import logging
 import time
@@ -124,6 +125,11 @@ class Delivery(abc.ABC):
 
 DeliveryCallback = Callable[[Delivery], Awaitable[None]]
 
+HANDLING: contextvars.ContextVar[Delivery | None] = contextvars.ContextVar(
+    "postage_handling", default=None)
+"""The delivery whose handler runs in this context (set by the core's inbound pipeline,
+carried into worker threads and the calls they make back on the loop)."""
+
 
 class Consumer(abc.ABC):
     """A subscription to a queue, restored after reconnections until cancelled."""
@@ -165,6 +171,12 @@ class Consumer(abc.ABC):
         self._in_flight.discard(task)
         if not self._in_flight:
             self._idle.set()
+
+    def _cancelled_by_own_handler(self) -> bool:
+        """Is the caller one of this consumer's handlers (which ``cancel`` must not wait
+        for: it waits for ``cancel``)? See :data:`HANDLING`."""
+        delivery = HANDLING.get()
+        return delivery is not None and delivery.consumer_tag == self.tag
 
     async def _wait_idle(self, timeout: float | None) -> None:
         if self._in_flight:

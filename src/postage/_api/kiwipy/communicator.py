@@ -15,15 +15,15 @@ import uuid
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from ..._core.core import Core, HandlingOptions, Subscription
 from ..._core.middleware import IncomingMessage
-from ..._exceptions import ConfigurationError, ConnectionError
+from ..._exceptions import ConfigurationError, ConnectionClosed, ConnectionError
 from ..._settings import ConnectionSettings, redact_url
 from ..._wire import kiwipy as wire
 from ..._wire.properties import Properties
-from .errors import DuplicateSubscriberIdentifier
+from .errors import DuplicateSubscriberIdentifier, aio_pika_compatible
 from .messages import (
     Cancelled,
     Codec,
@@ -35,7 +35,7 @@ from .messages import (
     settle,
     was_cancelled,
 )
-from .tasks import RmqTaskQueue
+from .tasks import RmqTaskQueue, adopt
 
 log = logging.getLogger("postage.kiwipy")
 
@@ -50,6 +50,11 @@ class RmqPublisher(PublisherWithReplyQueue):
     async def broadcast_send(self, msg: Any, sender: Any = None, subject: Any = None,
                              correlation_id: Any = None) -> bool:
         body = self.codec.encode(wire.broadcast_body(msg, sender, subject, correlation_id))
+        if not self.core.transport.is_ready:
+            # as kiwiPy: a broadcast while the connection is down fails at once (with an
+            # error that is also aio-pika's ConnectionClosed, which callers catch)
+            raise aio_pika_compatible(ConnectionClosed(
+                "the connection is down: the broadcast was not sent"))
         # not mandatory: a broadcast nobody listens to is not an error
         await self.publish(body, wire.BROADCAST_TOPIC, Properties(), mandatory=False)
         return True
@@ -170,39 +175,55 @@ class RmqSubscriber:
 
 
 def connection_url(params: str | Mapping[str, Any] | None) -> str | None:
-    """A URL for kiwiPy's ``connection_params``: a URL, or the keyword arguments of
-    aio-pika's ``connect`` (``url`` or ``host``, ``port``, ``login``, ``password``,
-    ``virtualhost``, ``ssl``)."""
+    """A URL for kiwiPy's ``connection_params``: a URL, or the keyword arguments kiwiPy
+    hands to aio-pika's ``connect``: ``url``, or ``host``, ``port``, ``login`` (or
+    ``username``), ``password``, ``virtualhost`` (or ``virtual_host``; empty means
+    ``/``), ``ssl`` (or ``protocol="amqps"``), ``ssl_options`` (``cafile``, ``certfile``,
+    ``keyfile``, ``no_verify_ssl``), ``heartbeat``, ``timeout``. Other keys are logged and
+    left out (aio-pika puts them in the URL's query, where they mean nothing)."""
     if params is None or isinstance(params, str):
         return params or None
     if not isinstance(params, Mapping):
         raise ConfigurationError("connection_params must be a URL or a dict")
     if params.get("url"):
         return str(params["url"])
-    known = {"host", "port", "login", "password", "virtualhost", "ssl"}
-    unknown = set(params) - known
-    if unknown:
-        raise ConfigurationError(
-            f"connection_params: unsupported keys {sorted(unknown)} (give a URL instead)")
-    scheme = "amqps" if params.get("ssl") else "amqp"
-    login = quote(str(params.get("login", "guest")), safe="")
+    ignored = sorted(set(params) - _KNOWN_PARAMS)
+    if ignored:
+        log.warning("connection_params: %s left out (not connection settings Postage uses)",
+                    ", ".join(ignored))
+    tls = bool(params.get("ssl")) or params.get("protocol") == "amqps"
+    login = quote(str(params.get("login", params.get("username", "guest"))), safe="")
     password = quote(str(params.get("password", "guest")), safe="")
     host = params.get("host", "localhost")
-    port = params.get("port", 5671 if params.get("ssl") else 5672)
-    vhost = quote(str(params.get("virtualhost", "/")), safe="")
-    return f"{scheme}://{login}:{password}@{host}:{port}/{vhost}"
+    port = params.get("port", 5671 if tls else 5672)
+    vhost = params.get("virtualhost", params.get("virtual_host", "/")) or "/"
+    query: dict[str, Any] = {}
+    if params.get("heartbeat") is not None:
+        query["heartbeat"] = params["heartbeat"]
+    if params.get("timeout") is not None:
+        query["connection_timeout"] = params["timeout"]
+    query.update({k: v for k, v in (params.get("ssl_options") or {}).items()
+                  if k in ("cafile", "certfile", "keyfile", "no_verify_ssl")})
+    url = f"{'amqps' if tls else 'amqp'}://{login}:{password}@{host}:{port}/" \
+          f"{quote(str(vhost), safe='')}"
+    return f"{url}?{urlencode(query)}" if query else url
+
+
+_KNOWN_PARAMS = {"host", "port", "login", "username", "password", "virtualhost",
+                 "virtual_host", "ssl", "protocol", "ssl_options", "heartbeat", "timeout"}
 
 
 class RmqCommunicator:
     """kiwiPy's asyncio communicator: its verbs are coroutines; futures are asyncio ones.
 
     ``connection``: a :class:`postage.aio`-level Core (opened by :meth:`connect` if need
-    be), or a broker URL. Sync subscribers run on the event loop, as in kiwiPy.
+    be), a broker URL, or an aio-pika connection (Postage opens its own to the same URL).
+    Sync subscribers run on the event loop, as in kiwiPy.
     """
 
     def __init__(
         self,
-        connection: Core | str,
+        connection: Core | str | Any,
         message_exchange: str = wire.MESSAGE_EXCHANGE,
         queue_expires: int = wire.QUEUE_EXPIRES,
         task_exchange: str = wire.TASK_EXCHANGE,
@@ -216,9 +237,12 @@ class RmqCommunicator:
         if isinstance(connection, str):
             connection = Core(ConnectionSettings.from_url(connection))
         elif not isinstance(connection, Core):
-            raise ConfigurationError(
-                "connection must be a broker URL or a postage Core (postage.kiwipy opens "
-                "its own connection: pass connection_params to async_connect)")
+            adopted, _ = adopt(connection)  # an aio-pika connection: one to its URL
+            if not isinstance(adopted, Core):
+                raise ConfigurationError(
+                    "connection must be a broker URL, a postage Core or an aio-pika "
+                    "connection")
+            connection = adopted
         self.core = connection
         self._message_exchange = message_exchange
         self._queue_expires = queue_expires

@@ -30,11 +30,14 @@ __all__ = [
 import builtins
 import concurrent.futures
 import contextlib
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 from ..._exceptions import (
+    ChannelError,
     ConnectionClosed,
+    ConnectionError,
     PostageError,
     PublishError,
     RemoteError,
@@ -94,6 +97,61 @@ CancelledError = concurrent.futures.CancelledError
 Future = concurrent.futures.Future
 wait = concurrent.futures.wait
 as_completed = concurrent.futures.as_completed
+
+
+# Where kiwiPy lets aio-pika's exceptions through, code catches them (plumpy around
+# broadcast_send): the same failures here are also instances of those classes, when the
+# program has imported aio-pika.
+_AIO_PIKA_TWINS: tuple[tuple[type[PostageError], str], ...] = (
+    (UnroutableError, "DeliveryError"),
+    (ConnectionError, "ConnectionClosed"),
+    (ChannelError, "ChannelInvalidStateError"),
+)
+
+
+def aio_pika_compatible(exc: PostageError) -> PostageError:
+    """``exc``, also an instance of aio-pika's exception of the same meaning (see
+    ``_AIO_PIKA_TWINS``) when aio-pika is imported; else ``exc`` itself."""
+    if "aio_pika" not in sys.modules:
+        return exc
+    for ours, name in _AIO_PIKA_TWINS:
+        if isinstance(exc, ours):
+            twin = _twin_class(type(exc), name)
+            if twin is None:
+                return exc
+            copy: PostageError = twin.__new__(twin)
+            copy.__dict__.update(exc.__dict__)
+            copy.args = exc.args
+            copy.__cause__, copy.__traceback__ = exc.__cause__, exc.__traceback__
+            return copy
+    return exc
+
+
+_twins: dict[tuple[type[PostageError], str], type[PostageError] | None] = {}
+
+
+def _twin_class(ours: type[PostageError], name: str) -> type[PostageError] | None:
+    key = (ours, name)
+    if key not in _twins:
+        _twins[key] = _make_twin(ours, name)
+    return _twins[key]
+
+
+def _make_twin(ours: type[PostageError], name: str) -> type[PostageError] | None:
+    try:
+        theirs = getattr(sys.modules["aio_pika"].exceptions, name)
+    except (KeyError, AttributeError):
+        return None
+    if issubclass(ours, theirs):
+        return ours
+
+    def __str__(self: PostageError) -> str:
+        return PostageError.__str__(self)
+
+    twin: type[PostageError] = type(ours.__name__, (ours, theirs),
+                                    {"__module__": ours.__module__, "__str__": __str__,
+                                     "__repr__": PostageError.__repr__})
+    return twin
 
 
 def copy_future(source: Future[Any], target: Future[Any]) -> None:

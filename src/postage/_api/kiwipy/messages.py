@@ -27,7 +27,7 @@ from ..._exceptions import (
 from ..._transport import Delivery
 from ..._wire import kiwipy as wire
 from ..._wire.properties import PERSISTENT, Properties
-from .errors import RemoteException, TaskRejected, UnroutableError
+from .errors import RemoteException, TaskRejected, UnroutableError, aio_pika_compatible
 
 if TYPE_CHECKING:
     from ..._core.core import Core
@@ -176,12 +176,13 @@ class Cancelled:
 
 
 def translate_publish_error(exc: PostageError) -> PostageError:
-    """kiwiPy's exception for a failed publish."""
+    """kiwiPy's exception for a failed publish (also aio-pika's, where kiwiPy lets that
+    through and aio-pika is imported)."""
     if isinstance(exc, Unroutable):
-        return UnroutableError(str(exc))
+        return aio_pika_compatible(UnroutableError(str(exc)))
     if isinstance(exc, PublishNacked):
         return TaskRejected(str(exc))
-    return exc
+    return aio_pika_compatible(exc)
 
 
 _ABANDONED_KEPT = 10_000

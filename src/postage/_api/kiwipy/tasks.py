@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..._core.core import Core, HandlingOptions, Subscription
 from ..._core.middleware import IncomingMessage
-from ..._exceptions import DecodingError, PostageError
+from ..._exceptions import ConfigurationError, DecodingError, PostageError
+from ..._settings import ConnectionSettings
 from ..._transport import Delivery
 from ..._wire import kiwipy as wire
 from .errors import DuplicateSubscriberIdentifier, InvalidStateError, QueueEmpty, TaskRejected
@@ -62,13 +63,33 @@ class SubscriberFailed(PostageError):
     """A task subscriber raised (the task is dead-lettered, not retried)."""
 
 
-class _Context:
-    """What the parts of a task queue share: the core, the codec, how subscribers run."""
+def adopt(connection: Any) -> tuple[Any, bool]:
+    """``connection`` as a communicator or a Core, and whether it was made here (and is
+    opened and closed here): kiwiPy's users pass an aio-pika connection, for which
+    Postage opens a connection of its own to the same URL (credentials, host, virtual
+    host and the URL's query; not an ``ssl_context`` object)."""
+    from .communicator import RmqCommunicator  # (the communicator imports this module)
 
-    def __init__(self, connection: RmqCommunicator | Core, encoder: Any, decoder: Any,
+    if isinstance(connection, RmqCommunicator | Core):
+        return connection, False
+    url = getattr(connection, "url", None)
+    if url is not None and callable(getattr(connection, "channel", None)):
+        return Core(ConnectionSettings.from_url(str(url))), True
+    raise ConfigurationError(
+        f"connection must be a postage.kiwipy communicator, a Core or an aio-pika "
+        f"connection, not {type(connection).__name__}")
+
+
+class _Context:
+    """What the parts of a task queue share: the core, the codec, how subscribers run,
+    and whether the core is this part's own (made from an aio-pika connection)."""
+
+    def __init__(self, connection: Any, encoder: Any, decoder: Any,
                  testing_mode: bool) -> None:
         from .communicator import RmqCommunicator  # (the communicator imports this module)
 
+        connection, self.owned = adopt(connection)
+        self._opened = False
         if isinstance(connection, RmqCommunicator):
             self.core = connection.core
             self.codec = connection._codec if encoder is decoder is None else Codec(
@@ -93,6 +114,16 @@ class _Context:
     def close_timeout(self) -> float:
         return 30.0 if self.comm is None else float(self.comm.close_timeout)
 
+    async def open(self) -> None:
+        """Open the core if it is this part's own (once)."""
+        if self.owned and not self._opened:
+            self._opened = True
+            await self.core.open()
+
+    async def close(self) -> None:
+        if self.owned and self._opened:
+            await self.core.close(self.close_timeout)
+
 
 class RmqTaskPublisher(PublisherWithReplyQueue):
     """Sends tasks to one queue and waits for their results."""
@@ -104,7 +135,19 @@ class RmqTaskPublisher(PublisherWithReplyQueue):
         context = _Context(connection, encoder, decoder, testing_mode)
         super().__init__(context.core, exchange_name, context.codec,
                          testing_mode=context.testing_mode)
+        self._ctx = context
         self._task_queue_name = queue_name
+
+    async def connect(self) -> None:
+        await self._ctx.open()
+        await super().connect()
+
+    async def disconnect(self) -> None:
+        """Fail the futures still waiting; close the connection if it is this one's own."""
+        from ..._exceptions import ConnectionError as PostageConnectionError
+
+        self.fail_all(PostageConnectionError("the task publisher was disconnected"))
+        await self._ctx.close()
 
     async def task_send(self, task: Any, no_reply: bool = False) -> asyncio.Future[Any] | None:
         """Send ``task`` (persistent, mandatory); a future of its result once confirmed,
@@ -147,6 +190,7 @@ class RmqTaskSubscriber:
     async def connect(self) -> None:
         if self._connected:
             return
+        await self._ctx.open()
         testing = self._ctx.testing_mode
         arguments: dict[str, Any] = {"x-message-ttl": wire.TASK_MESSAGE_TTL}
         if testing:
@@ -160,6 +204,7 @@ class RmqTaskSubscriber:
         subscription, self._subscription = self._subscription, None
         if subscription is not None:
             await subscription.cancel(self._ctx.close_timeout)
+        await self._ctx.close()
 
     # -- push -------------------------------------------------------------------------
 
@@ -375,6 +420,8 @@ class RmqTaskQueue:
                  exchange_params: Any = None, prefetch_size: int = wire.TASK_PREFETCH_SIZE,
                  prefetch_count: int = wire.TASK_PREFETCH_DEFAULT,
                  testing_mode: bool = False) -> None:
+        # one connection for both parts (made here for an aio-pika connection)
+        connection, self._owned = adopt(connection)
         self._publisher = RmqTaskPublisher(
             connection, queue_name=queue_name, exchange_name=exchange_name, encoder=encoder,
             decoder=decoder, testing_mode=testing_mode)
@@ -410,8 +457,12 @@ class RmqTaskQueue:
             yield task
 
     async def connect(self) -> None:
+        if self._owned and not self._publisher.core.transport.is_ready:
+            await self._publisher.core.open()
         await self._subscriber.connect()
         await self._publisher.connect()
 
     async def disconnect(self) -> None:
         await self._subscriber.disconnect()
+        if self._owned:
+            await self._publisher.core.close(30.0)

@@ -220,6 +220,14 @@ class AmqpConsumer(Consumer):
         if channel is not None and not channel.is_closed:
             with contextlib.suppress(Exception):
                 await channel.basic_cancel(self.tag, timeout=5)
+        if self._cancelled_by_own_handler():
+            # that handler waits for this call: its reply and ack still need the channel,
+            # which closes once the handlers are done
+            transport._spawn(self._close_when_idle(channel, timeout))
+            return
+        await self._close_when_idle(channel, timeout)
+
+    async def _close_when_idle(self, channel: Any, timeout: float | None) -> None:
         await self._wait_idle(timeout)
         if channel is not None and not channel.is_closed:
             with contextlib.suppress(Exception):

@@ -199,13 +199,27 @@ class AmqpTransport(AmqpPublisher):
             return False
         return True
 
+    async def _until_lost(self, connection: Any) -> None:
+        """Wait until ``connection`` closes (or close() runs)."""
+        # asyncio.wait: cancelling this task (close()) must not cancel the connection's
+        # own closing future (aiormq 6.9 logs an error for each one cancelled)
+        try:
+            await asyncio.wait([connection.closing])
+        except asyncio.CancelledError:
+            if self.closed:  # close() ran while we waited
+                return
+            # cancelled without close(): the event loop is shutting down (a program that
+            # never closed its connection); stop for good, or it could not exit
+            self._closed = True
+            self._failure = ConnectionClosed("the event loop stopped the connection")
+            self._ready.set()
+            close_socket(connection)
+            raise
+
     async def _supervise(self) -> None:
         while not self._closed:
             connection = self._connection
-            # asyncio.wait: cancelling this task (close()) must not cancel the connection's
-            # own closing future (aiormq 6.9 logs an error for each one cancelled)
-            with contextlib.suppress(BaseException):
-                await asyncio.wait([connection.closing])
+            await self._until_lost(connection)
             if self.closed:  # close() ran while we waited
                 return
             reason = None

@@ -158,6 +158,12 @@ class MemoryConsumer(Consumer):
         if not self._deactivate():
             return
         self._transport._broker.remove_consumer(self)
+        if self._cancelled_by_own_handler():  # that handler waits for this call
+            self._transport._spawn(self._close_when_idle(timeout))
+            return
+        await self._close_when_idle(timeout)
+
+    async def _close_when_idle(self, timeout: float | None) -> None:
         await self._wait_idle(timeout)
         self._close_channel()
 
