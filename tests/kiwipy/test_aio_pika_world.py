@@ -109,3 +109,22 @@ def test_aiidas_connection_params_connect(broker_url: str) -> None:
     with rmq.threadcomms.connect(connection_params=params) as comm:
         assert comm.server_properties["product"] == "RabbitMQ"
         assert comm._communicator.core.settings.heartbeat == 600
+
+
+def test_uuids_are_written_and_read_as_kiwipy_writes_them() -> None:
+    """plumpy broadcasts with a UUID as the sender: kiwiPy (PyYAML's default dumper)
+    writes ``!!python/object:uuid.UUID {int: N}``; the safe codec writes the same bytes
+    and reads them back, and no other Python object tag."""
+    import yaml
+
+    from postage._wire.kiwipy import yaml_decode, yaml_encode
+
+    pid = uuid.UUID("bd5c3032-ae94-4da3-a4d0-b79659153b22")
+    message = {"sender": pid, "seen": [pid], "subject": "state_changed.running.finished"}
+    assert yaml_encode(message) == yaml.dump(message, encoding="utf-8")
+    assert yaml_decode(yaml.dump(message, encoding="utf-8")) == message
+    for bad in (b"!!python/object:uuid.UUID {int: -1}", b"!!python/object:uuid.UUID [1]",
+                b"!!python/object:uuid.UUID {int: 1, node: 2, x: 3}",
+                b"!!python/object:os.system {int: 1}"):
+        with pytest.raises(postage.DecodingError):
+            yaml_decode(bad)

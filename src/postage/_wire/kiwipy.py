@@ -44,6 +44,7 @@ __all__ = [
 
 import os
 import socket
+import uuid
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -80,17 +81,20 @@ PENDING_KEY = "pending"
 HOST_KEY = "host"
 
 TUPLE_TAG = "tag:yaml.org,2002:python/tuple"
+UUID_TAG = "tag:yaml.org,2002:python/object:uuid.UUID"
 
 _SafeLoaderBase: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SafeDumperBase: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 class SafeLoader(_SafeLoaderBase):  # type: ignore[misc]
-    """YAML's safe loader plus ``!!python/tuple`` (nothing else of Python's tags)."""
+    """YAML's safe loader plus ``!!python/tuple`` and ``!!python/object:uuid.UUID`` (a
+    mapping of one integer, ``int``, and nothing else); no other Python tag."""
 
 
 class SafeDumper(_SafeDumperBase):  # type: ignore[misc]
-    """YAML's safe dumper plus tuples as ``!!python/tuple`` (what kiwiPy writes)."""
+    """YAML's safe dumper plus tuples and UUIDs, written as kiwiPy (PyYAML's default
+    dumper) writes them: ``!!python/tuple``, ``!!python/object:uuid.UUID {int: N}``."""
 
 
 def _construct_tuple(loader: Any, node: Any) -> tuple[Any, ...]:
@@ -101,8 +105,25 @@ def _represent_tuple(dumper: Any, value: tuple[Any, ...]) -> Any:
     return dumper.represent_sequence(TUPLE_TAG, value)
 
 
+def _construct_uuid(loader: Any, node: Any) -> uuid.UUID:
+    fields = loader.construct_mapping(node, deep=True) if isinstance(
+        node, yaml.MappingNode) else None
+    number = fields.get("int") if isinstance(fields, dict) and len(fields) <= 2 else None
+    if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number < 2**128:
+        raise yaml.constructor.ConstructorError(
+            None, None, "a !!python/object:uuid.UUID must be a mapping with its 128-bit "
+            "'int'", node.start_mark)
+    return uuid.UUID(int=number)
+
+
+def _represent_uuid(dumper: Any, value: uuid.UUID) -> Any:
+    return dumper.represent_mapping(UUID_TAG, {"int": value.int})
+
+
 SafeLoader.add_constructor(TUPLE_TAG, _construct_tuple)
+SafeLoader.add_constructor(UUID_TAG, _construct_uuid)
 SafeDumper.add_representer(tuple, _represent_tuple)
+SafeDumper.add_representer(uuid.UUID, _represent_uuid)
 
 
 def yaml_encode(value: Any) -> bytes:
@@ -119,7 +140,7 @@ def yaml_encode(value: Any) -> bytes:
 
 def yaml_decode(body: bytes) -> Any:
     """The value of a YAML body, read with the safe loader; DecodingError otherwise
-    (including any Python tag but ``!!python/tuple``)."""
+    (including any Python tag but ``!!python/tuple`` and a UUID's)."""
     try:
         return yaml.load(body, Loader=SafeLoader)
     except yaml.YAMLError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = ["RmqCommunicator", "RmqPublisher", "RmqSubscriber", "async_connect"]
 
 import asyncio
+import contextvars
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -19,7 +20,7 @@ from urllib.parse import quote, urlencode
 
 from ..._core.core import Core, HandlingOptions, Subscription
 from ..._core.middleware import IncomingMessage
-from ..._exceptions import ConfigurationError, ConnectionClosed, ConnectionError
+from ..._exceptions import ConfigurationError, ConnectionClosed, ConnectionError, PostageError
 from ..._settings import ConnectionSettings, redact_url
 from ..._wire import kiwipy as wire
 from ..._wire.properties import Properties
@@ -74,6 +75,7 @@ class RmqSubscriber:
             arguments["x-expires"] = comm._queue_expires
         self._rpc_arguments = arguments
         self._rpc: dict[Any, tuple[str, Subscription]] = {}
+        self._retiring: set[asyncio.Task[None]] = set()  # removed subscribers finishing
         self._broadcast_subscribers: dict[Any, Callable[..., Any]] = {}
         self._broadcast_queue = f"broadcast-{uuid.uuid4().hex}"
         self._broadcast_consumer: Subscription | None = None
@@ -126,8 +128,21 @@ class RmqSubscriber:
         except KeyError:
             raise ValueError(f"Unknown subscriber '{identifier}'") from None
         await self._core.unbind(queue, self._exchange, f"{wire.RPC_TOPIC}.{identifier}")
-        await subscription.cancel(self._comm.close_timeout)
-        await self._core.delete_queue(queue)
+        # As kiwiPy, without waiting for its handlers still running: one of them may be
+        # waiting for this very call (plumpy removes a process's subscriber when a kill
+        # RPC ends the process). They finish, answer and ack; then the queue goes. (A
+        # context of its own: this call may come from inside such a handler.)
+        task = asyncio.get_running_loop().create_task(
+            self._retire(queue, subscription), context=contextvars.Context())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, queue: str, subscription: Subscription) -> None:
+        try:
+            await subscription.cancel(self._comm.close_timeout)
+            await self._core.delete_queue(queue)
+        except PostageError as exc:
+            log.warning("removing the RPC queue %r: %s", queue, exc)
 
     async def add_broadcast_subscriber(self, subscriber: Callable[..., Any],
                                        identifier: Any = None) -> Any:
@@ -165,6 +180,8 @@ class RmqSubscriber:
                 log.exception("broadcast subscriber %r failed", subscriber)
 
     async def disconnect(self, timeout: float) -> None:
+        if self._retiring:
+            await asyncio.wait(self._retiring, timeout=timeout)
         subscriptions = [sub for _, sub in self._rpc.values()]
         if self._broadcast_consumer is not None:
             subscriptions.append(self._broadcast_consumer)
