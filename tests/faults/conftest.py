@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Broker, _own_node
+from tests.faults.proxy import TcpProxy
 from tests.faults.scenario import Figures
 
 
@@ -23,6 +24,15 @@ def fault_broker() -> Iterator[Broker]:
     finally:
         node.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+async def proxy(fault_broker: Broker) -> AsyncIterator[TcpProxy]:
+    """A TCP proxy in front of the fault broker, which can cut every connection."""
+    p = TcpProxy.for_url(fault_broker.url)
+    await p.start()
+    yield p
+    await p.stop()
 
 
 @pytest.fixture(scope="session")

@@ -53,14 +53,6 @@ def _report(figures_log: list[Figures], fig: Figures) -> None:
     figures_log.append(fig)
 
 
-@pytest.fixture
-async def proxy(fault_broker: Broker) -> AsyncIterator[TcpProxy]:
-    p = TcpProxy.for_url(fault_broker.url)
-    await p.start()
-    yield p
-    await p.stop()
-
-
 async def _delete_queues(url: str, *queues: str) -> None:
     core = await open_core(url)
     try:

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -295,14 +294,6 @@ async def test_a_replay_killed_halfway_loses_nothing(fault_broker: Broker) -> No
     assert set(received) == set(range(REPLAY_COUNT)) and remaining == 0
     assert duplicates <= dlq.REPLAY_WINDOW  # the copies in flight when it was killed
     assert moved + left >= REPLAY_COUNT
-
-
-@pytest.fixture
-async def proxy(fault_broker: Broker) -> AsyncIterator[TcpProxy]:
-    p = TcpProxy.for_url(fault_broker.url)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 async def test_a_replay_through_cuts_moves_each_message_once(

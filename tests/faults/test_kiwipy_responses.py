@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,14 +15,6 @@ from tests.conftest import Broker
 from tests.faults.proxy import TcpProxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-async def proxy(fault_broker: Broker) -> AsyncIterator[TcpProxy]:
-    p = TcpProxy.for_url(fault_broker.url)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 @pytest.mark.parametrize("testing_mode", [False, True])

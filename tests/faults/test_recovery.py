@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -22,14 +21,6 @@ pytestmark = pytest.mark.slow
 
 def unique(prefix: str) -> str:
     return f"fault.{prefix}.{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-async def proxy(fault_broker: Broker) -> AsyncIterator[TcpProxy]:
-    p = TcpProxy.for_url(fault_broker.url)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 async def _durable_queue(url: str, **arguments: object) -> str:

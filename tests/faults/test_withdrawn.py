@@ -13,7 +13,7 @@ import collections
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -27,14 +27,6 @@ from tests.faults.proxy import TcpProxy
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 COUNT, WORKERS, PREFETCH, WORK = 100, 4, 100, 0.2
-
-
-@pytest.fixture
-async def proxy(fault_broker: Broker) -> AsyncIterator[TcpProxy]:
-    p = TcpProxy.for_url(fault_broker.url)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 class Calls:
