@@ -8,13 +8,13 @@ that answers and fails over to the others.
 
 from __future__ import annotations
 
-__all__ = ["ConnectionSettings", "TlsOptions", "redact_url", "url_from_environment"]
+__all__ = ["ConnectionSettings", "TlsOptions", "redact_url", "url_from_environment", "user_of"]
 
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from ._exceptions import ConfigurationError
 
@@ -199,3 +199,10 @@ def url_from_environment(environ: Mapping[str, str] | None = None) -> str:
         host = f"{host}:5672"
     credentials = f"{quote(user, safe='')}:{quote(password, safe='')}"
     return f"amqp://{credentials}@{host}/{quote(vhost, safe='')}"
+
+
+def user_of(url: str) -> str:
+    """The broker user a connection URL logs in as (``guest``, AMQP's default, when the
+    URL names none: with EXTERNAL authentication, name the certificate's user in the URL,
+    ``amqps://alice@host/?auth_mechanism=external``, to get that user's delay levels)."""
+    return unquote(urlsplit(url).username or "guest")

@@ -179,3 +179,14 @@ async def drive_stream(
     fig.duplicates = sum(n - 1 for n in seen.values())
     fig.recovery_s = recovered_after
     return fig
+
+
+def waiting_in_levels(listing: str, prefix: str) -> int:
+    """Messages in the delay level queues named ``prefix*.queue``, read from the output of
+    ``rabbitmqctl list_queues name messages``."""
+    total = 0
+    for line in listing.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].startswith(prefix) and parts[0].endswith(".queue"):
+            total += int(parts[1])
+    return total

@@ -18,7 +18,7 @@ from postage._core.core import open_core
 from postage._core.middleware import IncomingMessage
 from postage._tooling.localbroker import LocalCluster
 from postage._wire.delays import LEVELS
-from tests.faults.scenario import Figures, stream_through_faults
+from tests.faults.scenario import Figures, stream_through_faults, waiting_in_levels
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -150,7 +150,7 @@ async def test_delays_across_kill_9_of_the_node_leading_the_levels(
         await settle(20)
         await asyncio.sleep(2.0)  # any duplicate would come now
         survivor = next(n for n in cluster.nodes if n is not victim)
-        waiting = _waiting_in_levels(survivor.ctl("list_queues", "name", "messages"),
+        waiting = waiting_in_levels(survivor.ctl("list_queues", "name", "messages"),
                                      names.prefix)
     finally:
         await pub.close(2)
@@ -171,12 +171,3 @@ async def test_delays_across_kill_9_of_the_node_leading_the_levels(
     await cleanup.transport.delete_queue(queue)
     await cleanup.close(2)
 
-
-def _waiting_in_levels(listing: str, prefix: str) -> int:
-    """Messages in the level queues (``rabbitmqctl list_queues name messages``)."""
-    total = 0
-    for line in listing.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0].startswith(prefix) and parts[0].endswith(".queue"):
-            total += int(parts[1])
-    return total

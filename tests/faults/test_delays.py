@@ -24,6 +24,7 @@ from postage._core.middleware import IncomingMessage
 from postage._wire.properties import Properties
 from tests.conftest import Broker
 from tests.faults.proxy import TcpProxy
+from tests.faults.scenario import waiting_in_levels
 
 pytestmark = pytest.mark.slow
 
@@ -210,10 +211,7 @@ async def test_delayed_messages_survive_kill_9_of_the_broker(fault_broker: Broke
         await asyncio.sleep(2.0)  # any duplicate would come now
         # what has not arrived must still be on the broker, waiting in a level queue
         listing = await asyncio.to_thread(fault_broker.ctl, "list_queues", "name", "messages")
-        waiting = sum(int(n) for name, n in (line.split() for line in listing.splitlines()
-                                             if len(line.split()) == 2)
-                      if name.startswith(pub.outbound.delays.names.prefix)
-                      and name.endswith(".queue"))
+        waiting = waiting_in_levels(listing, pub.outbound.delays.names.prefix)
     finally:
         await pub.close(2)
         await con.close(2)

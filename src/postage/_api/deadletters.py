@@ -322,7 +322,6 @@ async def replay(conn: Connection, queue: str, *, limit: int | None = None,
         while run.taken < ready and (limit is None or run.started < limit):
             delivery = await reader.next(timeout)
             await run.take(delivery)
-        await run.finish()
     finally:
         await run.finish()
         await consumer.cancel(1.0)

@@ -13,13 +13,13 @@ exchange's alternate exchange) instead of being dropped.
 
 from __future__ import annotations
 
-__all__ = ["HEADER_DELAY", "DelayNames", "Delays", "user_of"]
+__all__ = ["HEADER_DELAY", "DelayNames", "Delays"]
 
 import asyncio
 from dataclasses import replace
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
 
+from .._settings import user_of
 from .._wire.delays import (
     LEVELS,
     UNIT,
@@ -134,9 +134,3 @@ class Delays:
                                           target_pattern(kind, name), to_exchange=kind == "x"))
         self._targets.add((kind, name))
 
-
-def user_of(url: str) -> str:
-    """The broker user a connection URL logs in as (``guest``, AMQP's default, when the
-    URL names none: with EXTERNAL authentication, name the certificate's user in the URL,
-    ``amqps://alice@host/?auth_mechanism=external``, to get that user's delay levels)."""
-    return unquote(urlsplit(url).username or "guest")

@@ -59,11 +59,12 @@ from .._exceptions import (
     Reject,
 )
 from .._transport import HEADER_UNDECODABLE
+from .._transport.base import HANDLING
 from .._wire.encoding import Encoder
 from .._wire.envelope import decode_envelope
 from .._wire.properties import Properties, portable
 from .middleware import HandleNext, IncomingMessage, chain_handle, overrides
-from .workers import FOR_DELIVERY, Withdrawn
+from .workers import Withdrawn
 
 if TYPE_CHECKING:
     from .._transport import Consumer, Delivery
@@ -276,11 +277,11 @@ class Subscription:
                     given_back is None or given_back[0] == "redelivered"):
                 return await self._redelivered(message)
             self._check(message, headers)
-            token = FOR_DELIVERY.set(delivery)
+            token = HANDLING.set(delivery)
             try:
                 result = await self._handle(message)
             finally:
-                FOR_DELIVERY.reset(token)
+                HANDLING.reset(token)
             if self._replies is not None and delivery.reply_to:
                 await self._reply(message, result)
         except Withdrawn:  # its channel was lost before a worker thread took it up

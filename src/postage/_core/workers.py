@@ -10,7 +10,7 @@ leave after ``idle_timeout`` seconds without work.
 
 from __future__ import annotations
 
-__all__ = ["FOR_DELIVERY", "Withdrawn", "WorkerPool"]
+__all__ = ["Withdrawn", "WorkerPool"]
 
 import asyncio
 import collections
@@ -85,12 +85,12 @@ class WorkerPool:
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking ``fn`` in a worker thread; the loop keeps serving meanwhile.
 
-        Work for a delivery (see :data:`FOR_DELIVERY`) whose channel is lost by the time a
-        thread takes it up is not run: it raises :class:`Withdrawn` (the broker delivers
-        the message again)."""
+        Work for a delivery (see :data:`~postage._transport.base.HANDLING`) whose channel
+        is lost by the time a thread takes it up is not run: it raises :class:`Withdrawn`
+        (the broker delivers the message again)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        delivery = FOR_DELIVERY.get()
+        delivery = HANDLING.get()
         # the caller's context variables (the delivery being handled, tracing's) hold in
         # the thread, and in the calls it makes back on the loop
         context = contextvars.copy_context()
@@ -121,7 +121,6 @@ class Withdrawn(BaseException):
     the pipeline, which leaves the delivery to the broker."""
 
 
-FOR_DELIVERY = HANDLING  # the delivery whose handler runs in this context
 
 def _resolve_future(future: asyncio.Future[Any], result: Any) -> None:
     if not future.done():

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from ..._core.core import Core, HandlingOptions, Subscription
 from ..._core.middleware import IncomingMessage
 from ..._exceptions import ConfigurationError, DecodingError, PostageError
+from ..._exceptions import ConnectionError as PostageConnectionError
 from ..._settings import ConnectionSettings
 from ..._transport import Delivery
 from ..._wire import kiwipy as wire
@@ -63,18 +64,39 @@ class SubscriberFailed(PostageError):
     """A task subscriber raised (the task is dead-lettered, not retried)."""
 
 
-def adopt(connection: Any) -> tuple[Any, bool]:
-    """``connection`` as a communicator or a Core, and whether it was made here (and is
-    opened and closed here): kiwiPy's users pass an aio-pika connection, for which
-    Postage opens a connection of its own to the same URL (credentials, host, virtual
-    host and the URL's query; not an ``ssl_context`` object)."""
+class Adopted:
+    """The lifetime of a core made here from an aio-pika connection: opened once by the
+    first part that needs it, closed by its owner. Nothing to do for a communicator or a
+    Core the caller passed (its caller opens and closes it)."""
+
+    def __init__(self, core: Core | None = None) -> None:
+        self._core = core
+        self._opened = False
+
+    async def open(self) -> None:
+        if self._core is not None and not self._opened:
+            self._opened = True
+            await self._core.open()
+
+    async def close(self, timeout: float) -> None:
+        if self._core is not None and self._opened:
+            self._opened = False
+            await self._core.close(timeout)
+
+
+def adopt(connection: Any) -> tuple[Any, Adopted]:
+    """``connection`` as a communicator or a Core, and the lifetime of one made here:
+    kiwiPy's users pass an aio-pika connection, for which Postage opens a connection of
+    its own to the same URL (credentials, host, virtual host and the URL's query; not an
+    ``ssl_context`` object)."""
     from .communicator import RmqCommunicator  # (the communicator imports this module)
 
     if isinstance(connection, RmqCommunicator | Core):
-        return connection, False
+        return connection, Adopted()
     url = getattr(connection, "url", None)
     if url is not None and callable(getattr(connection, "channel", None)):
-        return Core(ConnectionSettings.from_url(str(url))), True
+        core = Core(ConnectionSettings.from_url(str(url)))
+        return core, Adopted(core)
     raise ConfigurationError(
         f"connection must be a postage.kiwipy communicator, a Core or an aio-pika "
         f"connection, not {type(connection).__name__}")
@@ -82,14 +104,13 @@ def adopt(connection: Any) -> tuple[Any, bool]:
 
 class _Context:
     """What the parts of a task queue share: the core, the codec, how subscribers run,
-    and whether the core is this part's own (made from an aio-pika connection)."""
+    and the core's lifetime when it is this part's own (made from an aio-pika connection)."""
 
     def __init__(self, connection: Any, encoder: Any, decoder: Any,
                  testing_mode: bool) -> None:
         from .communicator import RmqCommunicator  # (the communicator imports this module)
 
-        connection, self.owned = adopt(connection)
-        self._opened = False
+        connection, self.adopted = adopt(connection)
         if isinstance(connection, RmqCommunicator):
             self.core = connection.core
             self.codec = connection._codec if encoder is decoder is None else Codec(
@@ -116,13 +137,10 @@ class _Context:
 
     async def open(self) -> None:
         """Open the core if it is this part's own (once)."""
-        if self.owned and not self._opened:
-            self._opened = True
-            await self.core.open()
+        await self.adopted.open()
 
     async def close(self) -> None:
-        if self.owned and self._opened:
-            await self.core.close(self.close_timeout)
+        await self.adopted.close(self.close_timeout)
 
 
 class RmqTaskPublisher(PublisherWithReplyQueue):
@@ -144,8 +162,6 @@ class RmqTaskPublisher(PublisherWithReplyQueue):
 
     async def disconnect(self) -> None:
         """Fail the futures still waiting; close the connection if it is this one's own."""
-        from ..._exceptions import ConnectionError as PostageConnectionError
-
         self.fail_all(PostageConnectionError("the task publisher was disconnected"))
         await self._ctx.close()
 
@@ -421,7 +437,7 @@ class RmqTaskQueue:
                  prefetch_count: int = wire.TASK_PREFETCH_DEFAULT,
                  testing_mode: bool = False) -> None:
         # one connection for both parts (made here for an aio-pika connection)
-        connection, self._owned = adopt(connection)
+        connection, self._adopted = adopt(connection)
         self._publisher = RmqTaskPublisher(
             connection, queue_name=queue_name, exchange_name=exchange_name, encoder=encoder,
             decoder=decoder, testing_mode=testing_mode)
@@ -457,12 +473,10 @@ class RmqTaskQueue:
             yield task
 
     async def connect(self) -> None:
-        if self._owned and not self._publisher.core.transport.is_ready:
-            await self._publisher.core.open()
+        await self._adopted.open()
         await self._subscriber.connect()
         await self._publisher.connect()
 
     async def disconnect(self) -> None:
         await self._subscriber.disconnect()
-        if self._owned:
-            await self._publisher.core.close(30.0)
+        await self._adopted.close(30.0)

@@ -20,7 +20,7 @@ from ..._exceptions import (
     PostageError,
     VhostNotFound,
 )
-from ..._settings import ConnectionSettings, redact_url
+from ..._settings import ConnectionSettings, redact_url, user_of
 from .errors import translate_error
 from .flow import quiet_connect_errors
 
@@ -88,7 +88,7 @@ def connect_error(url: str, exc: BaseException) -> PostageError:
     sp = urlsplit(url)
     error = translate_error(exc)
     where = f"{sp.hostname}:{sp.port or (5671 if sp.scheme == 'amqps' else 5672)}"
-    user = unquote(sp.username or "guest")
+    user = user_of(url)
     if isinstance(error, AuthenticationError):
         return AuthenticationError(
             f"the broker at {where} refused user {user!r}: wrong user name or "
