@@ -14,7 +14,8 @@
     ├── ChannelError                  the broker refused an operation on a channel
     │   ├── AccessRefused             the user lacks permission (403)
     │   ├── NotFound                  no such exchange or queue (404)
-    │   └── PreconditionFailed        redeclared with other flags (406)
+    │   ├── PreconditionFailed        redeclared with other flags (406)
+    │   └── OperationRefused          refused by closing the connection (5xx hard errors)
     ├── PublishError                  a message was not accepted by the broker
     │   ├── Unroutable                mandatory message matched no queue
     │   └── PublishNacked             the broker nacked the message
@@ -46,6 +47,7 @@ __all__ = [
     "EncodingError",
     "MessageTooLarge",
     "NotFound",
+    "OperationRefused",
     "PostageError",
     "PreconditionFailed",
     "PublishError",
@@ -130,6 +132,14 @@ class NotFound(ChannelError):
 
 class PreconditionFailed(ChannelError):
     """An exchange or queue exists with other flags or arguments (AMQP 406)."""
+
+
+class OperationRefused(ChannelError):
+    """The broker refused an operation by closing the whole connection (an AMQP hard error:
+    NOT_ALLOWED 530, NOT_IMPLEMENTED 540, INTERNAL_ERROR 541 for a deprecated feature
+    RabbitMQ 4 denies, COMMAND_INVALID 503 for an unknown exchange type...). It is raised
+    at once, never retried: the same operation would be refused again. The connection is
+    opened again for everything else."""
 
 
 class PublishError(PostageError):

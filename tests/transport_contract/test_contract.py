@@ -15,6 +15,7 @@ from postage import (
     ConnectionClosed,
     EncodingError,
     NotFound,
+    OperationRefused,
     PreconditionFailed,
     Properties,
     Reject,
@@ -195,6 +196,30 @@ async def test_redeclaring_with_other_flags_fails(core: Core, names: Names) -> N
     with pytest.raises(PreconditionFailed):
         await core.declare_exchange(exchange, "topic")
     await core.declare_exchange(exchange, "direct")  # the same again is fine
+
+
+async def test_a_refusal_that_closes_the_connection_fails_at_once(core: Core,
+                                                                  names: Names) -> None:
+    """RabbitMQ refuses some operations with a hard error, closing the whole connection
+    (an unknown exchange type here; RabbitMQ 4's denied deprecated features too): the
+    operation fails at once with the broker's reason and what to change, it is not waited
+    out as a lost link, and the connection (opened again) serves what comes next."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(OperationRefused, match="unknown exchange type 'no-such-type'.*plugin"
+                       ) as refusal:
+        await core.declare_exchange(names.exchange(), "no-such-type")
+    assert refusal.value.reply_code == 503
+    assert loop.time() - started < 5  # not the 30 s deadline
+    exchange = names.exchange()
+    await core.declare_exchange(exchange, "direct")
+    queue = await queue_with(core, names, exchange)
+    await core.publish(exchange, "k", b"after")
+    inbox = Inbox()
+    await core.transport.consume(queue, inbox)
+    [d] = await inbox.wait(1)
+    assert d.body == b"after"
+    assert await d.ack()
 
 
 async def test_missing_queue_is_not_found(core: Core, names: Names) -> None:

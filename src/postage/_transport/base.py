@@ -26,11 +26,12 @@ import asyncio
 import contextvars
 import itertools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from .._exceptions import ConnectionClosed, ConnectionError, PostageError
+from .._exceptions import ConnectionClosed, ConnectionError, OperationRefused, PostageError
 from .._settings import ConnectionSettings
 from .._wire.properties import Binding, ExchangeSpec, Properties, QueueSpec
 
@@ -440,3 +441,30 @@ class Transport(abc.ABC):
                     delay = min(delay * 2, self.settings.reconnect_max_delay)
         finally:
             consumer._restarting = False
+
+
+def refused(text: str, code: int) -> OperationRefused:
+    """The error for an operation the broker refused by closing the connection (``text``:
+    the broker's words), with what to change for the refusals RabbitMQ is known to make."""
+    hint = _refusal_hint(text)
+    return OperationRefused(f"the broker refused the operation and closed the connection: "
+                            f"{text}{f' ({hint})' if hint else ''}", code)
+
+
+def _refusal_hint(text: str) -> str:
+    if "transient_nonexcl_queues" in text:
+        return ("this broker denies transient non-exclusive queues, as RabbitMQ 4.3 does by "
+                "default: declare the queue durable (with x-expires to have it removed when "
+                "unused) or exclusive, or permit them on the broker with "
+                "deprecated_features.permit.transient_nonexcl_queues = true")
+    if "global_qos" in text:
+        return ("this broker denies a prefetch shared by a channel's consumers (global "
+                "QoS), as RabbitMQ 4.3 does by default: use a per-consumer prefetch, or "
+                "permit it with deprecated_features.permit.global_qos = true")
+    feature = re.search(r"[Ff]eature (\w+) is deprecated", text)
+    if feature:
+        return (f"this broker denies the deprecated feature {feature.group(1)}; "
+                f"deprecated_features.permit.{feature.group(1)} = true permits it")
+    if "unknown exchange type" in text:
+        return "an exchange type other than direct, fanout, topic and headers needs its plugin"
+    return ""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["is_link_failure", "translate_error"]
+__all__ = ["is_link_failure", "refusal_of", "translate_error"]
 
 import asyncio
 import os
@@ -18,10 +18,12 @@ from ..._exceptions import (
     ConnectionError,
     DeliveryTimeout,
     NotFound,
+    OperationRefused,
     PostageError,
     PreconditionFailed,
     VhostNotFound,
 )
+from ..base import refused
 
 # channel-level refusals: (client error class, Postage error class, reply code)
 _CHANNEL_ERRORS: tuple[tuple[type[BaseException], type[ChannelError], int], ...] = (
@@ -109,6 +111,28 @@ def _reply_text(exc: BaseException) -> str:
         return os.strerror(exc.errno)
     parts = [str(a) for a in exc.args if not isinstance(a, int)]
     return " ".join(parts) or type(exc).__name__
+
+
+# AMQP's hard errors: the broker closes the whole connection to refuse the operation in flight
+_HARD_ERRORS: tuple[tuple[type[BaseException], int], ...] = (
+    (amqp_errors.ConnectionFrameError, 501),
+    (amqp_errors.ConnectionSyntaxError, 502),
+    (amqp_errors.ConnectionCommandInvalid, 503),
+    (amqp_errors.ConnectionChannelError, 504),
+    (amqp_errors.ConnectionUnexpectedFrame, 505),
+    (amqp_errors.ConnectionResourceError, 506),
+    (amqp_errors.ConnectionNotAllowed, 530),
+    (amqp_errors.ConnectionNotImplemented, 540),
+    (amqp_errors.ConnectionInternalError, 541),
+)
+
+
+def refusal_of(exc: BaseException) -> OperationRefused | None:
+    """The refusal ``exc`` carries when the broker closed the connection with a hard error
+    while an operation was in flight (that operation would be refused again: not a lost
+    link to wait out); None for any other failure."""
+    code = next((c for cls, c in _HARD_ERRORS if isinstance(exc, cls)), 0)
+    return refused(_reply_text(exc), code) if code else None
 
 
 def is_link_failure(exc: BaseException) -> bool:

@@ -43,7 +43,7 @@ from ..._wire.properties import Binding, ExchangeSpec, QueueSpec
 from ..base import Consumer, Delivery, DeliveryCallback
 from .connect import close_socket, open_connection
 from .consumer import AmqpConsumer, AmqpDelivery
-from .errors import is_link_failure, translate_error
+from .errors import is_link_failure, refusal_of, translate_error
 from .flow import watch_flow
 from .headers import install as install_headers_guard
 from .publisher import AmqpPublisher
@@ -305,6 +305,9 @@ class AmqpTransport(AmqpPublisher):
                         setattr(self, slot, None)
                         raise translate_error(exc) from None
                 except Exception as exc:
+                    refusal = refusal_of(exc)  # (the connection closed for this operation)
+                    if refusal is not None:
+                        raise refusal from None
                     if not is_link_failure(exc):
                         raise translate_error(exc) from None
             if self._closed:
@@ -413,7 +416,7 @@ class AmqpTransport(AmqpPublisher):
             if consumer.channel is not None and not consumer.channel.is_closed:
                 with contextlib.suppress(Exception):
                     await consumer.channel.close()
-            raise translate_error(exc) from None
+            raise (refusal_of(exc) or translate_error(exc)) from None
         self._consumers[consumer.tag] = consumer
         return consumer
 

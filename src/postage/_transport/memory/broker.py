@@ -36,6 +36,7 @@ from ..._exceptions import (
     Unroutable,
 )
 from ..._wire.properties import Binding, ExchangeSpec, Properties, QueueSpec, check_name
+from ..base import refused
 from .model import (
     _CHECKED_QUEUE_ARGS,
     _PREDECLARED,
@@ -122,7 +123,7 @@ class MemoryBroker(Routing):
                     "'amq.*'", 403,
                 )
             if spec.type not in EXCHANGE_TYPES:
-                raise ChannelError(f"COMMAND_INVALID - unknown exchange type '{spec.type}'", 503)
+                raise refused(f"COMMAND_INVALID - unknown exchange type '{spec.type}'", 503)
             existing = self._exchanges.get(spec.name)
             if existing is None:
                 self._exchanges[spec.name] = _Exchange(spec)
