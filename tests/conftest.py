@@ -12,6 +12,9 @@ RabbitMQ (all session-scoped, started lazily by the first test that asks for the
                 and verifies it when given, but does not require one.
 ``cluster``     a 3-node :class:`postage._tooling.localbroker.LocalCluster` (``.urls``, ``.nodes``).
 
+``POSTAGE_TEST_RABBITMQ=4`` runs them all on RabbitMQ 4 (``postage broker start --rabbitmq 4``,
+with RabbitMQ 4.3's defaults): the nodes the fixtures start, and the one they attach to.
+
 Tests that use these fixtures are marked ``broker`` (and ``cluster``) automatically, so
 ``pytest -m "not broker"`` runs without RabbitMQ.
 """
@@ -28,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from postage._tooling.localbroker import LocalCluster, LocalNode, find_free_ports
+from postage._tooling.localbroker.runtime import Rootfs, runtime_for
 
 _BROKER_FIXTURES = frozenset({"broker", "broker_url", "tls_broker", "cluster"})
 _CLUSTER_FIXTURES = frozenset({"cluster"})
@@ -79,6 +83,10 @@ class Broker:
         return self.node.ctl(*args, timeout=timeout)
 
 
+RUNTIME = runtime_for(os.environ.get("POSTAGE_TEST_RABBITMQ"))
+ON_RABBITMQ_4 = isinstance(RUNTIME, Rootfs)
+
+
 def _scratch_dir(prefix: str) -> Path:
     # Not tmp_path: pytest's base directory is 0700, out of reach of the rabbitmq user.
     directory = Path(tempfile.mkdtemp(prefix=prefix))
@@ -97,6 +105,7 @@ def _own_node(prefix: str, *, tls: bool = False, listen: str = "127.0.0.1"
         dist_port=ports[1],
         tls_port=ports[2] if tls else None,
         listen=listen,
+        runtime=RUNTIME,
     )
     return node, directory
 
@@ -106,7 +115,7 @@ def broker() -> Iterator[Broker]:
     url = os.environ.get("POSTAGE_TEST_URL")
     node_name = os.environ.get("POSTAGE_TEST_NODE")
     if url and node_name:
-        node = LocalNode.attach(node_name, url)
+        node = LocalNode.attach(node_name, url, RUNTIME)
         node.ctl("await_startup", "--timeout", "30", timeout=45)  # fails loudly if absent
         yield Broker(node)
         return
@@ -148,6 +157,7 @@ def cluster() -> Iterator[LocalCluster]:
             name=f"postage-test-{amqp[i]}",
             amqp_port=amqp[i],
             dist_port=dist[i],
+            runtime=RUNTIME,
         )
         for i in range(3)
     ]

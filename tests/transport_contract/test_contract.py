@@ -206,7 +206,7 @@ async def test_a_refusal_that_closes_the_connection_fails_at_once(core: Core,
     out as a lost link, and the connection (opened again) serves what comes next."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    with pytest.raises(OperationRefused, match="unknown exchange type 'no-such-type'.*plugin"
+    with pytest.raises(OperationRefused, match=r"unknown exchange type 'no-such-type'.*plugin"
                        ) as refusal:
         await core.declare_exchange(names.exchange(), "no-such-type")
     assert refusal.value.reply_code == 503

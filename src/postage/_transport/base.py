@@ -461,7 +461,7 @@ def _refusal_hint(text: str) -> str:
         return ("this broker denies a prefetch shared by a channel's consumers (global "
                 "QoS), as RabbitMQ 4.3 does by default: use a per-consumer prefetch, or "
                 "permit it with deprecated_features.permit.global_qos = true")
-    feature = re.search(r"[Ff]eature (\w+) is deprecated", text)
+    feature = re.search(r"[Ff]eature `?(\w+)`? is deprecated", text)
     if feature:
         return (f"this broker denies the deprecated feature {feature.group(1)}; "
                 f"deprecated_features.permit.{feature.group(1)} = true permits it")

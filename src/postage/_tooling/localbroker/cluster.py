@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .node import LocalNode
+from .runtime import INSTALLED, Installed, Rootfs
 from .tools import _STATE_VERSION, STATE_FILE, LocalBrokerError
 
 # --------------------------------------------------------------------------- clusters
@@ -33,6 +34,7 @@ class LocalCluster:
         plugins: Sequence[str] = (),
         nodes: Sequence[LocalNode] | None = None,
         listen: str = "127.0.0.1",
+        runtime: Installed | Rootfs = INSTALLED,
     ) -> None:
         self.directory = Path(directory).absolute()
         if nodes is not None:
@@ -49,6 +51,7 @@ class LocalCluster:
                 tls_port=None if tls_base_port is None else tls_base_port + i,
                 plugins=plugins,
                 listen=listen,
+                runtime=runtime,
             )
             for i in range(size)
         ]

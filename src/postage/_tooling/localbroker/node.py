@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .runtime import INSTALLED, Installed, Rootfs, runtime_from_dict
 from .tls import generate_tls_files
 from .tools import (
     LocalBrokerError,
@@ -26,7 +27,6 @@ from .tools import (
     _reachable_by,
     _run,
     _tail,
-    _tool_command,
     port_is_free,
 )
 
@@ -54,11 +54,15 @@ class LocalNode:
         host: str = "localhost",
         listen: str = "127.0.0.1",
         data_dir: Path | None = None,
+        runtime: Installed | Rootfs = INSTALLED,
     ) -> None:
         self.directory = Path(directory).absolute()
         self.name = name
         self.host = host
         self.listen = listen
+        self.runtime = runtime
+        if data_dir is None:
+            data_dir = runtime.data_dir(name)
         self._data_dir = None if data_dir is None else Path(data_dir)
         self.amqp_port = amqp_port
         self.dist_port = dist_port
@@ -74,7 +78,8 @@ class LocalNode:
     # ---- construction from elsewhere
 
     @classmethod
-    def attach(cls, node_name: str, url: str) -> LocalNode:
+    def attach(cls, node_name: str, url: str,
+               runtime: Installed | Rootfs = INSTALLED) -> LocalNode:
         """A handle on a node started elsewhere (e.g. by ``scripts/test``), for :meth:`ctl`,
         :attr:`pid`, :meth:`is_running`; its directory is unknown."""
         name, _, host = node_name.partition("@")
@@ -86,6 +91,7 @@ class LocalNode:
             host=host or "localhost",
             amqp_port=port,
             dist_port=port + 20000 if port + 20000 <= 65535 else 0,
+            runtime=runtime,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,6 +106,7 @@ class LocalNode:
             "management_port": self.management_port,
             "listen": self.listen,
             "data_dir": None if self._data_dir is None else str(self._data_dir),
+            **self.runtime.to_dict(),
         }
 
     @classmethod
@@ -115,6 +122,7 @@ class LocalNode:
             management_port=data.get("management_port"),
             listen=data.get("listen", "0.0.0.0"),
             data_dir=None if data.get("data_dir") is None else Path(data["data_dir"]),
+            runtime=runtime_from_dict(data),
         )
 
     def __repr__(self) -> str:
@@ -150,7 +158,7 @@ class LocalNode:
         the system's temporary folder (an unpredictable name, made by ``mkdtemp``, never
         an existing path another user could have planted; recorded in the state file)."""
         if self._data_dir is not None:
-            _check_private(self._data_dir)
+            _check_private(self._data_dir, self.runtime.user())
             return self._data_dir
         user = _rabbitmq_user()
         if not _is_root() or user is None or _reachable_by(user, self.directory):
@@ -201,7 +209,7 @@ class LocalNode:
         return self._tool("rabbitmqctl", args, timeout=timeout)
 
     def _tool(self, tool: str, args: Sequence[str], *, timeout: float) -> str:
-        cmd = _tool_command(tool, ["-q", "-n", self.node_name, *args])
+        cmd = self.runtime.command(tool, ["-q", "-n", self.node_name, *args])
         proc = _run(cmd, timeout=timeout)
         if proc.returncode != 0:
             detail = proc.stderr.strip() or proc.stdout.strip() or "no output"
@@ -271,6 +279,7 @@ class LocalNode:
             f"listeners.tcp.default = {self._address(self.amqp_port)}",
             "log.file.level = info",
             "log.console = false",
+            *self.runtime.config_lines(),
         ]
         if self.management_port is not None:
             lines += [f"management.tcp.port = {self.management_port}"]
@@ -282,32 +291,32 @@ class LocalNode:
                 generate_tls_files(tls)
             lines += [
                 f"listeners.ssl.default = {self._address(self.tls_port)}",
-                f"ssl_options.cacertfile = {tls / 'ca.pem'}",
-                f"ssl_options.certfile = {tls / 'server.pem'}",
-                f"ssl_options.keyfile = {tls / 'server.key'}",
+                f"ssl_options.cacertfile = {self.runtime.inner(tls / 'ca.pem')}",
+                f"ssl_options.certfile = {self.runtime.inner(tls / 'server.pem')}",
+                f"ssl_options.keyfile = {self.runtime.inner(tls / 'server.key')}",
                 "ssl_options.verify = verify_peer",
                 "ssl_options.fail_if_no_peer_cert = false",
             ]
         self.config_file.write_text("\n".join(lines) + "\n")
-        user = _rabbitmq_user()
+        user = self.runtime.user()
         if _is_root() and user is not None:
-            _chown_tree(d, user.pw_uid, user.pw_gid)
+            _chown_tree(d, *user)
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
-        d = self.data_dir
+        d, inner = self.data_dir, self.runtime.inner
         env.update(
             RABBITMQ_NODENAME=self.node_name,
             RABBITMQ_NODE_PORT=str(self.amqp_port),
             RABBITMQ_DIST_PORT=str(self.dist_port),
-            RABBITMQ_MNESIA_BASE=str(d / "mnesia"),
-            RABBITMQ_LOG_BASE=str(d / "log"),
-            RABBITMQ_ENABLED_PLUGINS_FILE=str(d / "enabled_plugins"),
-            RABBITMQ_FEATURE_FLAGS_FILE=str(d / "feature_flags"),
-            RABBITMQ_CONFIG_FILE=str(self.config_file),
-            RABBITMQ_ADVANCED_CONFIG_FILE=str(d / "advanced.config"),
-            RABBITMQ_CONF_ENV_FILE=str(d / "rabbitmq-env.conf"),
-            RABBITMQ_PID_FILE=str(self.pid_file),
+            RABBITMQ_MNESIA_BASE=inner(d / "mnesia"),
+            RABBITMQ_LOG_BASE=inner(d / "log"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=inner(d / "enabled_plugins"),
+            RABBITMQ_FEATURE_FLAGS_FILE=inner(d / "feature_flags"),
+            RABBITMQ_CONFIG_FILE=inner(self.config_file),
+            RABBITMQ_ADVANCED_CONFIG_FILE=inner(d / "advanced.config"),
+            RABBITMQ_CONF_ENV_FILE=inner(d / "rabbitmq-env.conf"),
+            RABBITMQ_PID_FILE=inner(self.pid_file),
         )
         if not self._listens_everywhere:  # Erlang distribution and epmd too
             env["ERL_EPMD_ADDRESS"] = self.listen
@@ -337,7 +346,7 @@ class LocalNode:
 
         Raises :class:`LocalBrokerError` (with the tail of the node's log) if it does not.
         """
-        server_cmd = _tool_command("rabbitmq-server", [])
+        server_cmd = self.runtime.command("rabbitmq-server", [])
         if self.is_running():
             raise LocalBrokerError(f"{self.node_name} is already running")
         for port in (self.amqp_port, self.dist_port, self.tls_port, self.management_port):
@@ -414,7 +423,7 @@ class LocalNode:
         pid = self._pid_from_file()
         if self.is_running():
             try:
-                args = ["stop", str(self.pid_file)] if pid is not None else ["stop"]
+                args = ["stop", self.runtime.inner(self.pid_file)] if pid is not None else ["stop"]
                 self.ctl(*args, timeout=timeout)
             except LocalBrokerError:
                 if pid is not None and _pid_alive(pid):
@@ -457,14 +466,13 @@ def _terminate(pid: int, grace: float = 15) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _check_private(path: Path) -> None:
+def _check_private(path: Path, node_user: tuple[int, int] | None) -> None:
     """Refuse a recorded data directory that is a symlink, or that belongs to a user who
-    is neither the one running this nor the ``rabbitmq`` user."""
+    is neither the one running this nor the node's (``rabbitmq``) user."""
     if path.is_symlink():
         raise LocalBrokerError(f"{path} is a symbolic link: refusing to use it")
     if not path.exists():
         return
     owner = path.stat().st_uid
-    user = _rabbitmq_user()
-    if owner not in {os.getuid(), *(() if user is None else (user.pw_uid,))}:
+    if owner not in {os.getuid(), *(() if node_user is None else (node_user[0],))}:
         raise LocalBrokerError(f"{path} belongs to another user (uid {owner}): refusing it")
