@@ -62,7 +62,7 @@ async def test_client_rpc_to_a_pika_server(
         connection, channel = _pika_channel(broker_url)
         try:
             channel.exchange_declare(exchange, "topic")
-            channel.queue_declare(queue, auto_delete=True)
+            channel.queue_declare(queue, exclusive=True)  # (RabbitMQ 4.3: no transient shared)
             channel.queue_bind(queue, exchange, "math.#")
 
             def on_request(ch: Any, method: Any, props: Any, body: bytes) -> None:

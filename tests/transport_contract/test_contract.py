@@ -33,6 +33,7 @@ from postage._core.core import (
 )
 from postage._transport import Delivery
 from postage._wire.properties import Binding
+from tests.conftest import ON_RABBITMQ_4
 
 from .conftest import Names
 
@@ -186,11 +187,13 @@ async def test_headers_exchange(core: Core, names: Names) -> None:
 
 async def test_redeclaring_with_other_flags_fails(core: Core, names: Names) -> None:
     queue = names.queue()
-    assert await core.declare_queue(queue, durable=False) == (0, 0)
+    assert await core.declare_queue(queue, durable=True) == (0, 0)
     await core.publish("", queue, b"x")
-    assert await core.declare_queue(queue, durable=False) == (1, 0)
+    assert await core.declare_queue(queue, durable=True) == (1, 0)
     with pytest.raises(PreconditionFailed):
-        await core.declare_queue(queue, durable=True)
+        await core.declare_queue(queue, durable=True, auto_delete=True)
+    with pytest.raises(PreconditionFailed):
+        await core.declare_queue(queue, durable=True, arguments={"x-max-length": 5})
     exchange = names.exchange()
     await core.declare_exchange(exchange, "direct")
     with pytest.raises(PreconditionFailed):
@@ -198,18 +201,22 @@ async def test_redeclaring_with_other_flags_fails(core: Core, names: Names) -> N
     await core.declare_exchange(exchange, "direct")  # the same again is fine
 
 
-async def test_a_refusal_that_closes_the_connection_fails_at_once(core: Core,
-                                                                  names: Names) -> None:
+async def test_a_refusal_that_closes_the_connection_fails_at_once(core: Core, names: Names,
+                                                                  url: str) -> None:
     """RabbitMQ refuses some operations with a hard error, closing the whole connection
     (an unknown exchange type here; RabbitMQ 4's denied deprecated features too): the
     operation fails at once with the broker's reason and what to change, it is not waited
     out as a lost link, and the connection (opened again) serves what comes next."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    with pytest.raises(OperationRefused, match=r"unknown exchange type 'no-such-type'.*plugin"
-                       ) as refusal:
-        await core.declare_exchange(names.exchange(), "no-such-type")
-    assert refusal.value.reply_code == 503
+    if ON_RABBITMQ_4 and not url.startswith("memory:"):  # a channel error there
+        with pytest.raises(PreconditionFailed, match="no-such-type"):
+            await core.declare_exchange(names.exchange(), "no-such-type")
+    else:
+        with pytest.raises(OperationRefused,
+                           match=r"unknown exchange type 'no-such-type'.*plugin") as refusal:
+            await core.declare_exchange(names.exchange(), "no-such-type")
+        assert refusal.value.reply_code == 503
     assert loop.time() - started < 5  # not the 30 s deadline
     exchange = names.exchange()
     await core.declare_exchange(exchange, "direct")

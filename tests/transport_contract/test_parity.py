@@ -21,6 +21,7 @@ from postage import (
 from postage._core.core import Core
 from postage._transport import Delivery
 from postage._wire.properties import Binding, ExchangeSpec, QueueSpec
+from tests.conftest import ON_RABBITMQ_4
 
 from .conftest import Names
 from .test_contract import Inbox, eventually, queue_with, ready
@@ -95,7 +96,7 @@ async def test_consumer_priority_serves_the_higher_one_first(core: Core,
     assert high.items[3].body == b"5" and len(low.items) == 2
 
 
-async def test_headers_binding_compares_types(core: Core, names: Names) -> None:
+async def test_headers_binding_compares_types(core: Core, names: Names, url: str) -> None:
     exchange = names.exchange()
     await core.declare_exchange(exchange, "headers")
     queue = names.queue()
@@ -106,11 +107,13 @@ async def test_headers_binding_compares_types(core: Core, names: Names) -> None:
                            mandatory=False)
     inbox = Inbox()
     await core.transport.consume(queue, inbox, no_ack=True)
-    # numbers match by value (1.0 too, as RabbitMQ compares them); a boolean, a decimal
-    # or a string never matches a number
-    assert [d.body for d in await inbox.wait(2)] == [b"1.0", b"1"]
+    # numbers match by value (1.0 too, as RabbitMQ 3 compares them; RabbitMQ 4 matches
+    # the same type only, see docs/testing.md); a boolean, a decimal or a string never
+    # matches a number
+    matching = [b"1"] if ON_RABBITMQ_4 and not url.startswith("memory:") else [b"1.0", b"1"]
+    assert [d.body for d in await inbox.wait(len(matching))] == matching
     await asyncio.sleep(0.2)
-    assert len(inbox.items) == 2
+    assert len(inbox.items) == len(matching)
 
 
 async def test_stream_queues_are_refused_by_memory_only(core: Core, names: Names,
@@ -122,7 +125,10 @@ async def test_stream_queues_are_refused_by_memory_only(core: Core, names: Names
             await core.declare_queue(queue, durable=True, arguments=args)
     else:
         await core.declare_queue(queue, durable=True, arguments=args)
-    # both refuse a stream that is not durable
+    # both refuse a stream that is not durable (which Postage declares durable on
+    # RabbitMQ 4, see Transport.declare_queue)
+    if ON_RABBITMQ_4 and not url.startswith("memory:"):
+        return
     with pytest.raises(PreconditionFailed):
         await core.declare_queue(names.queue(), arguments=args)
 

@@ -24,6 +24,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from aiormq import exceptions as amqp_errors
@@ -354,7 +355,16 @@ class AmqpTransport(AmqpPublisher):
         self._known_exchanges.add(name)
 
     async def declare_queue(self, queue: QueueSpec, *, timeout: float = 30.0) -> tuple[int, int]:
-        """Declare ``queue``; return (messages ready, consumers). Redeclared after reconnecting."""
+        """Declare ``queue``; return (messages ready, consumers). Redeclared after reconnecting.
+
+        RabbitMQ 4 deprecates transient non-exclusive queues (4.3 refuses them by
+        default): on RabbitMQ 4 and later such a queue is declared durable, as RabbitMQ
+        recommends (an auto-delete one still goes with its last consumer). Older brokers
+        get it as asked, as Postage 1.2 and kiwiPy 0.9 declare it, so that components
+        declaring the same queue agree on its flags."""
+        await self._wait_ready(asyncio.get_running_loop().time() + timeout)
+        if not (queue.durable or queue.exclusive) and self.broker_major >= 4:
+            queue = replace(queue, durable=True)
         ok = await self._control_call(lambda ch: self._declare_queue_on(ch, queue), timeout)
         self._queues[queue.name] = queue
         return ok.message_count, ok.consumer_count
@@ -432,6 +442,13 @@ class AmqpTransport(AmqpPublisher):
             return AmqpDelivery(message, channel, False)
 
         return await self._channel_call("_getter", self._getter_lock, take, timeout)
+
+    @property
+    def broker_major(self) -> int:
+        """The major version of the broker connected to (0 when it does not say)."""
+        version = str(self.server_properties.get("version", ""))
+        major = version.split(".", 1)[0]
+        return int(major) if major.isdigit() else 0
 
     @property
     def server_properties(self) -> dict[str, Any]:
