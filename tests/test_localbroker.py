@@ -26,6 +26,8 @@ from postage._tooling.localbroker import (
     read_state,
     write_state,
 )
+from postage._tooling.localbroker.runtime import INSTALLED, Rootfs, runtime_for
+from tests.conftest import RUNTIME
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -129,7 +131,7 @@ def test_a_port_in_use_is_refused_with_advice(tmp_path: Path,
 
 def test_port_0_picks_free_ports(tmp_path: Path) -> None:
     args = argparse.Namespace(nodes=3, port=0, tls=True, tls_port=0, management=True,
-                              listen="127.0.0.1")
+                              listen="127.0.0.1", rabbitmq="installed")
     cluster = _plan_cluster(args, tmp_path)
     ports = [p for n in cluster.nodes for p in (n.amqp_port, n.dist_port, n.tls_port,
                                                  n.management_port)]
@@ -137,6 +139,34 @@ def test_port_0_picks_free_ports(tmp_path: Path) -> None:
     assert all(port_is_free(p) for p in ports if p is not None)
     assert [n.amqp_port for n in cluster.nodes] == [args.port, args.port + 1, args.port + 2]
     assert 10000 <= args.port < 12000 and 12000 <= args.tls_port < 14000
+
+
+def test_rabbitmq_4_runs_from_its_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                       ) -> None:
+    """Paths and commands of a RabbitMQ 4 node, as the node inside its root sees them."""
+    assert runtime_for(None) is runtime_for("installed") is INSTALLED
+    with pytest.raises(LocalBrokerError, match=r"unknown RabbitMQ '3\.13'"):
+        runtime_for("3.13")
+    monkeypatch.setenv("POSTAGE_RABBITMQ4_ROOT", str(tmp_path / "r4"))
+    runtime = runtime_for("4")
+    assert isinstance(runtime, Rootfs) and runtime.root == tmp_path / "r4"
+    assert not runtime.ready
+    (tmp_path / "r4/etc").mkdir(parents=True)
+    (tmp_path / "r4/etc/passwd").write_text("root:x:0:0::/root:/bin/sh\n"
+                                             "rabbitmq:x:101:102::/var/lib/rabbitmq:/bin/false\n")
+    assert runtime.user() == (101, 102)  # the root's user, not the host's
+    node = LocalNode(tmp_path / "dir", name="postage-5731", amqp_port=5731, dist_port=25731,
+                     tls_port=5732, runtime=runtime)
+    assert node.data_dir == tmp_path / "r4/var/lib/postage-nodes/postage-5731"
+    assert runtime.inner(node.pid_file) == "/var/lib/postage-nodes/postage-5731/rabbitmq.pid"
+    with pytest.raises(LocalBrokerError, match="out of reach"):
+        runtime.inner(tmp_path / "elsewhere")
+    env = node._env()
+    assert env["RABBITMQ_CONFIG_FILE"] == "/var/lib/postage-nodes/postage-5731/rabbitmq.conf"
+    assert "deprecated_features.permit.transient_nonexcl_queues = false" in \
+        runtime.config_lines()
+    again = LocalNode.from_dict(node.to_dict())
+    assert again.runtime == runtime and again.data_dir == node.data_dir
 
 
 def test_generated_certificates_verify(tmp_path: Path) -> None:
@@ -162,7 +192,7 @@ def test_cli_start_status_connect_stop(tmp_path: Path) -> None:
     [tls_port] = find_free_ports(1)
     directory = str(tmp_path / "broker")
     started = postage("broker", "start", "--dir", directory, "--port", str(port), "--tls",
-                      "--tls-port", str(tls_port))
+                      "--tls-port", str(tls_port), "--rabbitmq", RUNTIME.version)
     try:
         assert started.returncode == 0, started.stderr
         url = started.stdout.splitlines()[0]
@@ -182,7 +212,7 @@ def test_cli_start_status_connect_stop(tmp_path: Path) -> None:
         assert f"postage-{port}@localhost running {url}" in status.stdout
 
         again = postage("broker", "start", "--dir", directory, "--port", str(port), "--tls",
-                        "--tls-port", str(tls_port))
+                        "--tls-port", str(tls_port), "--rabbitmq", RUNTIME.version)
         assert (again.returncode, again.stdout) == (0, started.stdout)
 
         assert roundtrip(pika.URLParameters(url)) == b"hello"

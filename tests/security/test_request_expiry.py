@@ -86,7 +86,7 @@ def test_classic_rpc_requests_expire(env_url: str) -> None:  # noqa: F811
     try:
         channel = connection.channel()
         channel.exchange_declare(exchange.name, "direct")
-        channel.queue_declare(queue)
+        channel.queue_declare(queue, exclusive=True)  # (RabbitMQ 4.3: no transient shared)
         channel.queue_bind(queue, exchange.name, "k")
         answer = Producer().rpc_anything(_timeout=1, _max_retry=1)
         assert not answer and answer.body["content"]["value"] == "TimeoutError"

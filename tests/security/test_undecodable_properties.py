@@ -324,7 +324,7 @@ async def test_a_reply_with_undecodable_properties_keeps_the_caller_connected(
         connection = pika.BlockingConnection(pika.URLParameters(broker_url))
         try:
             channel = connection.channel()
-            channel.queue_declare(queue, auto_delete=True)
+            channel.queue_declare(queue, exclusive=True)
             loop.call_soon_threadsafe(ready.set)
             for extra in replies:
                 for method, props, body in channel.consume(queue, inactivity_timeout=15):
