@@ -1,7 +1,9 @@
 """A kiwiPy program run by the interop tests, with the real kiwiPy or with postage.kiwipy.
 
-    python peer.py real|postage serve URL PREFIX   # serve until stdin closes
-    python peer.py real|postage call URL PREFIX    # call a server; print a JSON line
+    python peer.py real|postage serve URL PREFIX [testing]  # serve until stdin closes
+    python peer.py real|postage call URL PREFIX [testing]   # call a server; print JSON
+
+``testing`` connects in kiwiPy's testing mode (temporary queues and exchanges).
 
 PREFIX names the exchanges, the RPC identifiers, the task queue and the broadcast subjects,
 so that runs do not meet. The code below is plain kiwiPy code: only the import differs.
@@ -23,10 +25,13 @@ def load(which):
     return kiwipy, rmq
 
 
+TESTING = sys.argv[5:6] == ["testing"]
+
+
 def connect(rmq, url, prefix):
     return rmq.RmqThreadCommunicator.connect(
         connection_params=url, message_exchange=f"{prefix}.messages",
-        task_exchange=f"{prefix}.tasks")
+        task_exchange=f"{prefix}.tasks", testing_mode=TESTING)
 
 
 def serve(kiwipy, rmq, url, prefix):

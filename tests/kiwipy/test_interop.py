@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ON_RABBITMQ_4
+
 PEER = str(Path(__file__).with_name("peer.py"))
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -27,19 +29,23 @@ def expected(prefix: str) -> dict[str, object]:
     }
 
 
+@pytest.mark.parametrize("mode", ["", "testing"])
 @pytest.mark.parametrize(("server", "client"), [
     ("real", "postage"), ("postage", "real"), ("postage", "postage")])
 def test_a_kiwipy_program_talks_across_implementations(
-        broker_url: str, server: str, client: str) -> None:
+        broker_url: str, server: str, client: str, mode: str) -> None:
+    if mode and "real" in (server, client) and ON_RABBITMQ_4:
+        pytest.skip("kiwiPy 0.9's testing mode declares transient shared queues, which "
+                    "RabbitMQ 4.3 refuses by default (postage.kiwipy declares them durable)")
     prefix = f"interop-{uuid.uuid4().hex[:8]}"
     serving = subprocess.Popen(
-        [sys.executable, PEER, server, "serve", broker_url, prefix],
+        [sys.executable, PEER, server, "serve", broker_url, prefix, mode],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert serving.stdout is not None
         assert serving.stdout.readline().strip() == "ready", serving.stderr
         calling = subprocess.run(
-            [sys.executable, PEER, client, "call", broker_url, prefix],
+            [sys.executable, PEER, client, "call", broker_url, prefix, mode],
             capture_output=True, text=True, timeout=60, check=False)
         assert calling.returncode == 0, calling.stderr[-3000:]
         assert json.loads(calling.stdout.strip().splitlines()[-1]) == expected(prefix)
