@@ -143,12 +143,11 @@ class Rootfs:
                 _run_checked(["apt-get", "install", "-y", "--no-install-recommends",
                               "debootstrap"], _PREPARE_TIMEOUT, show=True)
             partial = self.root.with_name(self.root.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
+            _remove_root(partial)
             partial.parent.mkdir(parents=True, exist_ok=True)
             _run_checked(["debootstrap", "--variant=minbase", "--include=rabbitmq-server",
                           _SUITE, str(partial), _MIRROR], _PREPARE_TIMEOUT, show=True)
-            if self.root.exists():
-                shutil.rmtree(self.root)
+            _remove_root(self.root)
             partial.rename(self.root)  # whole or not at all: an interrupted one starts over
             _say(f"RabbitMQ 4 is ready in {self.root}")
 
@@ -168,6 +167,17 @@ def runtime_from_dict(data: dict[str, object]) -> Installed | Rootfs:
     if data.get("rabbitmq", "installed") == "installed":
         return INSTALLED
     return Rootfs(Path(str(data["root"])))
+
+
+def _remove_root(root: Path) -> None:
+    """Delete a root, unmounting what is mounted in it first (never deleting through a
+    mounted /proc or /sys)."""
+    if not root.exists():
+        return
+    for sub in ("proc", "sys", "dev/pts"):
+        if os.path.ismount(root / sub):
+            _run_checked(["umount", "-l", str(root / sub)], 60)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _say(text: str) -> None:
