@@ -77,6 +77,8 @@ def _fail_unconfirmed(channel: Any) -> None:
 class AmqpTransport(AmqpPublisher):
     """A recovering AMQP connection with reused channels and a topology registry."""
 
+    RESTORE_STEP_TIMEOUT = 5.0  # seconds for one declaration while restoring the topology
+
     def __init__(self, settings: ConnectionSettings) -> None:
         super().__init__(settings)
         self._control: Any = None
@@ -88,8 +90,8 @@ class AmqpTransport(AmqpPublisher):
     # -- life cycle -------------------------------------------------------------------
 
     async def open(self) -> None:
-        install_headers_guard()  # a header table nested too deep must not kill the link
         """Connect to the first broker that answers; raise a Postage error if none does."""
+        install_headers_guard()  # a header table nested too deep must not kill the link
         if self._connection is not None:
             return
         await self._connect_any()
@@ -192,13 +194,21 @@ class AmqpTransport(AmqpPublisher):
                 await consumer._start(connection)
 
     async def _restore_step(self, declare: Callable[[Any, Any], Awaitable[Any]], item: Any) -> bool:
+        """Declare ``item`` again; False if the broker refuses it or does not answer within
+        RESTORE_STEP_TIMEOUT (RabbitMQ 4 never answers a declaration of a durable classic
+        queue whose node is down, where RabbitMQ 3 says NOT_FOUND at once)."""
         try:
-            await declare(self._control, item)
+            await asyncio.wait_for(declare(self._control, item), self.RESTORE_STEP_TIMEOUT)
         except amqp_errors.ChannelClosed as exc:
             log.warning("cannot restore %s after reconnecting: %s", item, translate_error(exc))
-            self._control = await self._connection.channel(publisher_confirms=False)
-            return False
-        return True
+        except TimeoutError:
+            log.warning("cannot restore %s after reconnecting: no answer within %g s (its "
+                        "node may be down); tried again in the background", item,
+                        self.RESTORE_STEP_TIMEOUT)
+        else:
+            return True
+        self._control = await self._connection.channel(publisher_confirms=False)
+        return False
 
     async def _until_lost(self, connection: Any) -> None:
         """Wait until ``connection`` closes (or close() runs)."""
