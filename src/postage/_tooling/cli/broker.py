@@ -23,7 +23,7 @@ from postage._tooling.localbroker import (
     remove_state,
     write_state,
 )
-from postage._tooling.localbroker.runtime import RABBITMQ_VERSIONS, Rootfs, runtime_for
+from postage._tooling.localbroker.runtime import RABBITMQ_VERSIONS, runtime_for
 from postage._tooling.localbroker.tools import port_is_free
 
 if TYPE_CHECKING:
@@ -224,8 +224,7 @@ def _plan_cluster(args: argparse.Namespace, directory: Path) -> LocalCluster:
     if args.management:
         _check_port("management port", args.port + size - 1 + 10000)
     runtime = runtime_for(args.rabbitmq)
-    if isinstance(runtime, Rootfs):
-        runtime.prepare()
+    runtime.prepare()
     cluster = LocalCluster(
         directory,
         runtime=runtime,

@@ -64,6 +64,9 @@ class Installed:
     def config_lines(self) -> list[str]:
         return []
 
+    def prepare(self) -> None:
+        """Nothing to prepare: the package is installed (or its absence is said at start)."""
+
     def to_dict(self) -> dict[str, str]:
         return {"rabbitmq": self.version}
 

@@ -24,7 +24,6 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import replace
 from typing import Any, TypeVar
 
 from aiormq import exceptions as amqp_errors
@@ -203,8 +202,8 @@ class AmqpTransport(AmqpPublisher):
             log.warning("cannot restore %s after reconnecting: %s", item, translate_error(exc))
         except TimeoutError:
             log.warning("cannot restore %s after reconnecting: no answer within %g s (its "
-                        "node may be down); tried again in the background", item,
-                        self.RESTORE_STEP_TIMEOUT)
+                        "node may be down); skipped (a consumer of it starts again in the "
+                        "background)", item, self.RESTORE_STEP_TIMEOUT)
         else:
             return True
         self._control = await self._connection.channel(publisher_confirms=False)
@@ -337,12 +336,18 @@ class AmqpTransport(AmqpPublisher):
             arguments=dict(ex.arguments) or None,
         )
 
-    @staticmethod
-    async def _declare_queue_on(channel: Any, q: QueueSpec, passive: bool = False) -> Any:
+    async def _declare_queue_on(self, channel: Any, q: QueueSpec, passive: bool = False) -> Any:
+        """Every declaration of a queue (first and after reconnecting). RabbitMQ 4
+        deprecates transient non-exclusive queues (4.3 refuses them by default): on
+        RabbitMQ 4 and later such a queue is declared durable, as RabbitMQ recommends (an
+        auto-delete one still goes with its last consumer). Older brokers get it as asked,
+        as Postage 1.2 and kiwiPy 0.9 declare it, so that components declaring the same
+        queue agree on its flags."""
+        durable = q.durable or (not q.exclusive and self.broker_major >= 4)
         return await channel.queue_declare(
             q.name,
             passive=passive,
-            durable=q.durable,
+            durable=durable,
             exclusive=q.exclusive,
             auto_delete=q.auto_delete,
             arguments=dict(q.arguments) or None,
@@ -365,16 +370,9 @@ class AmqpTransport(AmqpPublisher):
         self._known_exchanges.add(name)
 
     async def declare_queue(self, queue: QueueSpec, *, timeout: float = 30.0) -> tuple[int, int]:
-        """Declare ``queue``; return (messages ready, consumers). Redeclared after reconnecting.
-
-        RabbitMQ 4 deprecates transient non-exclusive queues (4.3 refuses them by
-        default): on RabbitMQ 4 and later such a queue is declared durable, as RabbitMQ
-        recommends (an auto-delete one still goes with its last consumer). Older brokers
-        get it as asked, as Postage 1.2 and kiwiPy 0.9 declare it, so that components
-        declaring the same queue agree on its flags."""
-        await self._wait_ready(asyncio.get_running_loop().time() + timeout)
-        if not (queue.durable or queue.exclusive) and self.broker_major >= 4:
-            queue = replace(queue, durable=True)
+        """Declare ``queue``; return (messages ready, consumers). Redeclared after reconnecting
+        (durable on RabbitMQ 4 when asked for as transient and shared: see
+        ``_declare_queue_on``)."""
         ok = await self._control_call(lambda ch: self._declare_queue_on(ch, queue), timeout)
         self._queues[queue.name] = queue
         return ok.message_count, ok.consumer_count
