@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pika
@@ -26,6 +27,7 @@ from postage._tooling.localbroker import (
     read_state,
     write_state,
 )
+from postage._tooling.localbroker.node import _remove_orphans
 from postage._tooling.localbroker.runtime import INSTALLED, Rootfs, runtime_for
 from tests.conftest import RUNTIME
 
@@ -157,16 +159,55 @@ def test_rabbitmq_4_runs_from_its_root(tmp_path: Path, monkeypatch: pytest.Monke
     assert runtime.user() == (101, 102)  # the root's user, not the host's
     node = LocalNode(tmp_path / "dir", name="postage-5731", amqp_port=5731, dist_port=25731,
                      tls_port=5732, runtime=runtime)
-    assert node.data_dir == tmp_path / "r4/var/lib/postage-nodes/postage-5731"
-    assert runtime.inner(node.pid_file) == "/var/lib/postage-nodes/postage-5731/rabbitmq.pid"
+    inner = "/" + str(node.data_dir.relative_to(tmp_path / "r4"))
+    assert node.data_dir.parent == tmp_path / "r4/var/lib/postage-nodes"
+    assert node.data_dir.name.startswith("postage-5731-")
+    assert runtime.inner(node.pid_file) == f"{inner}/rabbitmq.pid"
     with pytest.raises(LocalBrokerError, match="out of reach"):
         runtime.inner(tmp_path / "elsewhere")
     env = node._env()
-    assert env["RABBITMQ_CONFIG_FILE"] == "/var/lib/postage-nodes/postage-5731/rabbitmq.conf"
+    assert env["RABBITMQ_CONFIG_FILE"] == f"{inner}/rabbitmq.conf"
     assert "deprecated_features.permit.transient_nonexcl_queues = false" in \
         runtime.config_lines()
     again = LocalNode.from_dict(node.to_dict())
     assert again.runtime == runtime and again.data_dir == node.data_dir
+    # the same name (a port used again) in another directory is another node: its data
+    # is not the first one's (a queue left there could stop the new node from booting)
+    other = LocalNode(tmp_path / "dir2", name="postage-5731", amqp_port=5731,
+                      dist_port=25731, runtime=runtime)
+    assert other.data_dir != node.data_dir
+    assert LocalNode(tmp_path / "dir", name="postage-5731", amqp_port=5731,
+                     dist_port=25731, runtime=runtime).data_dir == node.data_dir
+
+
+def test_data_left_by_a_deleted_node_directory_is_removed(tmp_path: Path) -> None:
+    """A shared runtime's data folder does not keep the data of every throwaway node."""
+    nodes_dir = tmp_path / "nodes"
+    old = time.time() - 2 * 3600
+
+    def data(name: str, owner: Path | None, *, age: float = old) -> Path:
+        d = nodes_dir / name
+        (d / "mnesia").mkdir(parents=True)
+        if owner is not None:
+            (d / "owner").write_text(f"{owner}\n")
+        os.utime(d, (age, age))
+        return d
+
+    kept_dir = tmp_path / "kept"
+    kept_dir.mkdir()
+    kept = data("kept", kept_dir)
+    (kept_dir / "data").symlink_to(kept, target_is_directory=True)
+    gone = data("gone", tmp_path / "deleted")
+    relinked_dir = tmp_path / "relinked"  # its directory now leads to other data
+    relinked_dir.mkdir()
+    relinked = data("relinked", relinked_dir)
+    (relinked_dir / "data").symlink_to(kept, target_is_directory=True)
+    unowned = data("unowned", None)
+    recent = data("recent", tmp_path / "deleted", age=time.time())
+    _remove_orphans(nodes_dir)
+    assert sorted(p.name for p in nodes_dir.iterdir()) == ["kept", "recent"]
+    assert kept.exists() and recent.exists()
+    assert not gone.exists() and not relinked.exists() and not unowned.exists()
 
 
 def test_generated_certificates_verify(tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ class LocalNode:
         self.listen = listen
         self.runtime = runtime
         if data_dir is None:
-            data_dir = runtime.data_dir(name)
+            data_dir = runtime.data_dir(name, self.directory)
         self._data_dir = None if data_dir is None else Path(data_dir)
         self.amqp_port = amqp_port
         self.dist_port = dist_port
@@ -272,6 +272,7 @@ class LocalNode:
                 link.unlink()
             if not link.exists():
                 link.symlink_to(d, target_is_directory=True)
+            (d / _OWNER_FILE).write_text(str(self.directory) + "\n")
         (d / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
         (d / "rabbitmq-env.conf").write_text("# rabbitmq-env.conf of a Postage throwaway node\n")
         lines = [
@@ -361,6 +362,8 @@ class LocalNode:
                 self._process.kill()
                 self._process.wait(timeout=10)
             self._process = None
+        if self.runtime.nodes_dir is not None:
+            _remove_orphans(self.runtime.nodes_dir)
         self._write_files()
         self.pid_file.unlink(missing_ok=True)
         out = self.data_dir / "out.log"
@@ -437,6 +440,39 @@ class LocalNode:
                 self._process.kill()
                 self._process.wait(timeout=10)
             self._process = None
+
+
+_OWNER_FILE = "owner"  # in a data directory kept apart: the node directory it belongs to
+_ORPHAN_AGE = 3600.0  # never touch a data directory changed in the last hour
+
+
+def _remove_orphans(nodes_dir: Path) -> None:
+    """Delete the data directories in ``nodes_dir`` whose node directory is gone (its ``data``
+    link no longer leads there) and whose node is not running, so that a shared runtime does
+    not grow with every throwaway node. Recent directories are left alone: another process
+    may be making one right now."""
+    try:
+        entries = list(nodes_dir.iterdir())
+    except OSError:
+        return
+    now = time.time()
+    for d in entries:
+        try:
+            if d.is_symlink() or not d.is_dir() or now - d.stat().st_mtime < _ORPHAN_AGE:
+                continue
+            owner = Path((d / _OWNER_FILE).read_text().strip())
+            if (owner / "data").resolve() == d.resolve():
+                continue
+        except FileNotFoundError:  # no owner recorded: orphaned unless its node runs
+            pass
+        except OSError:
+            continue
+        try:
+            pid: int | None = int((d / "rabbitmq.pid").read_text().strip())
+        except (OSError, ValueError):
+            pid = None
+        if pid is None or not _pid_alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _pid_alive(pid: int) -> bool:

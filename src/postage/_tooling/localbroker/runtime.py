@@ -6,7 +6,8 @@ but it runs from a Debian 13 root made by ``debootstrap`` from Debian's package 
 root is made once (about 370 MB and a minute or two, progress on stderr) and kept in
 ``/var/cache/postage/rabbitmq-4`` (``POSTAGE_RABBITMQ4_ROOT`` names another place). Nodes
 run in it through ``chroot``, as its ``rabbitmq`` user, which needs root. Their data lives
-inside the root; the node directory keeps a ``data`` link to it.
+inside the root, in a directory of its own per node directory (never shared by two node
+directories that give the same node name); the node directory keeps a ``data`` link to it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 __all__ = ["INSTALLED", "RABBITMQ_VERSIONS", "Installed", "Rootfs", "runtime_for",
            "runtime_from_dict"]
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -57,8 +59,15 @@ class Installed:
         """``path`` as the node sees it."""
         return str(path)
 
-    def data_dir(self, name: str) -> Path | None:
-        """Where a node named ``name`` must keep its data (None: its own directory)."""
+    def data_dir(self, name: str, directory: Path) -> Path | None:
+        """Where the node ``name`` of ``directory`` must keep its data (None: in
+        ``directory``)."""
+        return None
+
+    @property
+    def nodes_dir(self) -> Path | None:
+        """The folder holding the data of every node of this runtime (None: each node's own
+        directory)."""
         return None
 
     def config_lines(self) -> list[str]:
@@ -111,8 +120,15 @@ class Rootfs:
             raise LocalBrokerError(
                 f"{path} is outside {self.root}, out of reach of a RabbitMQ 4 node") from None
 
-    def data_dir(self, name: str) -> Path:
-        return self.root / "var/lib/postage-nodes" / name
+    def data_dir(self, name: str, directory: Path) -> Path:
+        # keyed by the node directory too: a new directory is a new node, even when a
+        # port (and so a name) is used again, as it is in the installed runtime
+        digest = hashlib.sha256(str(Path(directory).absolute()).encode()).hexdigest()[:12]
+        return self.nodes_dir / f"{name}-{digest}"
+
+    @property
+    def nodes_dir(self) -> Path:
+        return self.root / "var/lib/postage-nodes"
 
     def config_lines(self) -> list[str]:
         return list(RABBITMQ_43_DEFAULTS)
