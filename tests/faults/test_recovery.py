@@ -235,3 +235,71 @@ async def test_callers_get_a_clear_error_when_recovery_takes_too_long(
     finally:
         proxy.refuse(False)
         await core.close(2)
+
+
+def _full_write_queue() -> asyncio.Queue[object]:
+    """A write queue with no room and no writer: what a dead connection's is once the
+    client has put as many frames in it as it holds."""
+    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1)
+    queue.put_nowait(object())
+    return queue
+
+
+async def test_an_ack_waiting_on_a_dead_connection_gives_up(
+        fault_broker: Broker, proxy: TcpProxy) -> None:
+    """An ack whose frame waits for room in the write queue when the connection dies is
+    given up (the broker delivers the message again); it used to wait forever, and so did
+    whatever awaited it (a replay's window, a handler's task)."""
+    queue = await _durable_queue(fault_broker.url)
+    core = await open_core(proxy.url(fault_broker.url), reconnect_delay=0.05)
+    held: list[Delivery] = []
+    again = asyncio.Event()
+
+    async def hold(delivery: Delivery) -> None:
+        if held:
+            again.set()
+            await delivery.ack()
+        else:
+            held.append(delivery)
+
+    try:
+        await core.publish("", queue, b"once", Properties(delivery_mode=2))
+        await core.consume_raw(queue, hold, prefetch_count=1)
+        async with asyncio.timeout(10):
+            while not held:
+                await asyncio.sleep(0.01)
+        delivery = held[0]
+        delivery._channel.write_queue = _full_write_queue()  # type: ignore[attr-defined]
+        acking = asyncio.ensure_future(delivery.ack())
+        await asyncio.sleep(0.3)
+        assert not acking.done()  # waiting for room, as on a dead connection
+        proxy.cut()
+        async with asyncio.timeout(10):
+            assert await acking is False
+            await again.wait()  # and the broker delivered the message again
+    finally:
+        await core.close(2)
+        await _delete(fault_broker.url, queue)
+
+
+async def test_a_reply_waiting_on_a_dead_connection_is_sent_again(
+        fault_broker: Broker, proxy: TcpProxy) -> None:
+    """A reply (sent without confirm) whose frame waits for room in the write queue when
+    the connection dies is sent again once it is back, instead of waiting forever."""
+    queue = await _durable_queue(fault_broker.url)
+    core = await open_core(proxy.url(fault_broker.url), reconnect_delay=0.05)
+    transport = core.transport
+    try:
+        await transport.publish_transient("", queue, b"first")  # opens the reply channel
+        transport._replier.write_queue = _full_write_queue()  # type: ignore[attr-defined]
+        replying = asyncio.ensure_future(transport.publish_transient("", queue, b"reply"))
+        await asyncio.sleep(0.3)
+        assert not replying.done()
+        proxy.cut()
+        async with asyncio.timeout(10):
+            await replying
+            while (await core.queue_state(queue))[0] < 2:
+                await asyncio.sleep(0.05)
+    finally:
+        await core.close(2)
+        await _delete(fault_broker.url, queue)

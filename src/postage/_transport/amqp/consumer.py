@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from .transport import AmqpTransport
+    from .waits import ClientWaits
 
 log = logging.getLogger("postage.transport")
 
@@ -67,9 +68,10 @@ def from_amqp(p: spec.Basic.Properties) -> Properties:
 class AmqpDelivery(Delivery):
     """A message received through aiormq (properties decoded only when asked for)."""
 
-    __slots__ = ("_channel", "_properties", "_raw_properties")
+    __slots__ = ("_channel", "_properties", "_raw_properties", "_waits")
 
-    def __init__(self, message: aiormq.abc.DeliveredMessage, channel: Any, no_ack: bool) -> None:
+    def __init__(self, message: aiormq.abc.DeliveredMessage, channel: Any, no_ack: bool,
+                 waits: ClientWaits) -> None:
         frame = message.delivery
         self.body = message.body
         self._raw_properties: spec.Basic.Properties = message.header.properties
@@ -81,6 +83,7 @@ class AmqpDelivery(Delivery):
         self.consumer_tag = getattr(frame, "consumer_tag", "") or ""
         self._channel = channel
         self._settled = no_ack
+        self._waits = waits
 
     @property
     def properties(self) -> Properties:
@@ -106,23 +109,35 @@ class AmqpDelivery(Delivery):
                 "deliver it again (a duplicate)", what, self.delivery_tag,
             )
             return False
+        task = asyncio.current_task()
+        assert task is not None
+        # wait=False: the frame joins the connection's (bounded) write queue, behind
+        # anything sent before it (a reply, say); no ping-pong with the writer per
+        # message. A link that drops before it is written loses it and the broker
+        # delivers the message again, as when the ack itself is lost on the wire; one
+        # that drops while the frame waits for room there interrupts the wait.
+        self._waits.enter(task, channel)
         try:
-            # wait=False: the frame joins the connection's (bounded) write queue, behind
-            # anything sent before it (a reply, say); no ping-pong with the writer per
-            # message. A link that drops before it is written loses it and the broker
-            # delivers the message again, as when the ack itself is lost on the wire.
             if what == "ack":
                 await channel.basic_ack(self.delivery_tag, wait=False)
             elif what == "nack":
                 await channel.basic_nack(self.delivery_tag, requeue=requeue, wait=False)
             else:
                 await channel.basic_reject(self.delivery_tag, requeue=requeue, wait=False)
+        except asyncio.CancelledError:
+            if not self._waits.interrupted(task):
+                raise
+            log.warning("cannot %s delivery %s: the connection was lost meanwhile; the "
+                        "broker will deliver it again (a duplicate)", what, self.delivery_tag)
+            return False
         except Exception as exc:
             log.warning(
                 "cannot %s delivery %s (%s); the broker will deliver it again",
                 what, self.delivery_tag, exc,
             )
             return False
+        finally:
+            self._waits.leave(task)
         return True
 
 
@@ -183,7 +198,8 @@ class AmqpConsumer(Consumer):
         assert task is not None
         self._begin(task)
         try:
-            await self.callback(AmqpDelivery(message, message.channel, self.no_ack))
+            await self.callback(AmqpDelivery(message, message.channel, self.no_ack,
+                                             self._transport._waits))
         except Exception:
             log.exception("consumer callback for queue %r failed", self.queue)
         finally:

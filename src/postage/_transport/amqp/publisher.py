@@ -39,6 +39,7 @@ from ..._wire.properties import Properties, check_name
 from ..base import DIRECT_REPLY_TO, DeliveryCallback, Transport
 from .consumer import AmqpDelivery, to_amqp
 from .errors import is_link_failure, translate_error
+from .waits import ClientWaits
 
 log = logging.getLogger("postage.transport")
 
@@ -117,8 +118,7 @@ class AmqpPublisher(Transport):
         self._connection: Any = None
         self._publisher: Any = None
         self._replier: Any = None  # no confirms: replies (see publish_transient)
-        self._publishing: dict[asyncio.Task[Any], Any] = {}  # publishes inside aiormq
-        self._interrupted: set[asyncio.Task[Any]] = set()
+        self._waits = ClientWaits()  # publishes, acks and replies inside aiormq
         self._publisher_lock = asyncio.Lock()
         self._deadlines = _DeadlineGuard()
         self._message_id_prefix = f"{os.urandom(8).hex()}."
@@ -215,7 +215,7 @@ class AmqpPublisher(Transport):
         # still waits for the socket buffer to drain, so a slow broker pushes back. The
         # confirm is awaited either way.
         self._publish_count += 1
-        self._publishing[task] = channel
+        self._waits.enter(task, channel)
         try:
             return await channel.basic_publish(
                 body,
@@ -227,16 +227,14 @@ class AmqpPublisher(Transport):
                 wait=self._publish_count % self.DRAIN_EVERY == 0,
             )
         finally:
-            self._publishing.pop(task, None)
+            self._waits.leave(task)
 
     def _send_again_after_cancel(self, loop: asyncio.AbstractEventLoop,
                                  task: asyncio.Task[Any], deadline: float) -> bool:
         """After a cancellation inside a publish: True to send again, False to give up."""
-        if task in self._interrupted:
+        if self._waits.interrupted(task):
             # The supervisor interrupted a publish stuck on a lost connection (e.g.
             # waiting for room in its dead write queue): send it again.
-            self._interrupted.discard(task)
-            task.uncancel()
             return True
         if task.cancelling():
             return False  # we were cancelled (by the caller or the deadline guard)
@@ -325,6 +323,8 @@ class AmqpPublisher(Transport):
         deadline = loop.time() + (timeout if timeout is not None else self.settings.publish_timeout)
         message_id = f"{self._message_id_prefix}{next(self._message_ids)}"
         amqp_properties = to_amqp(properties, message_id)
+        task = asyncio.current_task()
+        assert task is not None
         while True:
             if not self._ready.is_set() or self._closed:
                 await self._wait_ready(deadline)
@@ -332,13 +332,19 @@ class AmqpPublisher(Transport):
             try:
                 if channel is None or channel.is_closed:
                     channel = await self._open_replier(channel)
-                await channel.basic_publish(
-                    body, exchange=exchange, routing_key=routing_key,
-                    properties=amqp_properties, timeout=None, wait=False,
-                )
+                self._waits.enter(task, channel)
+                try:
+                    await channel.basic_publish(
+                        body, exchange=exchange, routing_key=routing_key,
+                        properties=amqp_properties, timeout=None, wait=False,
+                    )
+                finally:
+                    self._waits.leave(task)
                 return
             except asyncio.CancelledError:
-                raise
+                if not self._waits.interrupted(task):
+                    raise
+                continue  # stuck on a lost connection: sent again once it is back
             except Exception as exc:
                 if self._closed:
                     raise self._failure or ConnectionClosed("the connection is closed") from None
@@ -395,7 +401,7 @@ class AmqpPublisher(Transport):
 
         async def on_reply(message: aiormq.abc.DeliveredMessage) -> None:
             try:
-                await callback(AmqpDelivery(message, channel, True))
+                await callback(AmqpDelivery(message, channel, True, self._waits))
             except Exception:
                 log.exception("reply callback failed")
 

@@ -239,7 +239,7 @@ class AmqpTransport(AmqpPublisher):
             close_socket(connection)
             lost_publisher = self._publisher
             _fail_unconfirmed(lost_publisher)
-            self._interrupt_publishes(lost_publisher)
+            self._waits.interrupt(connection)
             if not self.settings.reconnect:
                 self._failure = ConnectionClosed(f"connection lost: {reason}")
                 self._closed = True
@@ -266,22 +266,13 @@ class AmqpTransport(AmqpPublisher):
                     continue
                 break
             # A publish that raced the loss may have registered its confirm on the dead
-            # channel after the client library failed the others: fail it too, it is sent again.
+            # channel after the client library failed the others: fail it too, it is sent
+            # again; so may a wait that entered the client as the connection died.
             _fail_unconfirmed(lost_publisher)
-            self._interrupt_publishes(lost_publisher)
+            self._waits.interrupt(connection)
             log.warning("reconnected to %s; topology and consumers restored",
                         redact_url(self.url or ""))
             self._reconnected()
-
-    def _interrupt_publishes(self, lost: Any) -> None:
-        """Cancel publishes still inside the client library on a lost channel (they may
-        wait forever for room in a dead connection's write queue); they notice the
-        interruption and send again once the connection is back."""
-        for task, channel in list(self._publishing.items()):
-            stuck = channel is lost or channel.is_closed
-            if stuck and not task.done() and task not in self._interrupted:
-                self._interrupted.add(task)
-                task.cancel()
 
     # -- declarations -----------------------------------------------------------------
 
@@ -447,7 +438,7 @@ class AmqpTransport(AmqpPublisher):
             message = await channel.basic_get(queue, no_ack=False)
             if isinstance(message.delivery, spec.Basic.GetEmpty):
                 return None
-            return AmqpDelivery(message, channel, False)
+            return AmqpDelivery(message, channel, False, self._waits)
 
         return await self._channel_call("_getter", self._getter_lock, take, timeout)
 
