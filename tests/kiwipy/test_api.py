@@ -153,8 +153,44 @@ async def test_tasks_results_rejection_and_no_reply(comm: rmq.RmqCommunicator) -
         await comm.add_task_subscriber(accept, "accept")
 
 
-async def test_a_failing_task_answers_its_sender_and_goes_to_the_dlq(
+async def test_a_failing_task_is_answered_with_its_exception_and_kept_nowhere(
+        comm: rmq.RmqCommunicator, caplog: pytest.LogCaptureFixture) -> None:
+    """kiwiPy's protocol: the exception is the task's outcome (a killed AiiDA process ends
+    so, by design): its sender gets it, it is logged, and no queue keeps the task."""
+    def fail(_c: Any, task: Any) -> None:
+        raise RuntimeError(f"cannot do {task}")
+
+    await comm.add_task_subscriber(fail)
+    with pytest.raises(kiwipy.RemoteException, match="cannot do 7"):
+        await asyncio.wait_for(await comm.task_send(7), 10)
+    await comm.task_send(8, no_reply=True)  # nobody hears this one: logged
+    for _ in range(100):
+        if sum("cannot do" in str(r.exc_info) for r in caplog.records) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert sum("cannot do" in str(r.exc_info) for r in caplog.records) == 2
+    await asyncio.sleep(0.3)
+    assert (await comm.core.queue_state(comm._task_queue))[0] == 0  # acked, not requeued
+    with contextlib.suppress(postage.NotFound):  # never declared: nothing went there
+        assert (await comm.core.queue_state(f"{comm._task_queue}.dlq"))[0] == 0
+
+
+async def test_a_pulled_task_that_fails_is_answered_and_acked(
         comm: rmq.RmqCommunicator) -> None:
+    queue = await comm.task_queue(f"{comm._task_queue}.pull-fail")
+    result = await queue.task_send(5)
+    async with queue.next_task(timeout=5) as task:
+        task.process().set_exception(RuntimeError("cannot do 5"))
+    with pytest.raises(kiwipy.RemoteException, match="cannot do 5"):
+        await asyncio.wait_for(result, 10)
+    await asyncio.sleep(0.3)
+    assert (await comm.core.queue_state(queue.queue_name))[0] == 0  # acked
+
+
+async def test_a_failing_task_goes_to_the_dlq_when_asked(
+        comm: rmq.RmqCommunicator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rmq.RmqTaskSubscriber, "failed_tasks", "dead-letter")
+
     def fail(_c: Any, task: Any) -> None:
         raise RuntimeError(f"cannot do {task}")
 
@@ -164,6 +200,17 @@ async def test_a_failing_task_answers_its_sender_and_goes_to_the_dlq(
     headers = await _first_dead_letter(comm, f"{comm._task_queue}.dlq", 100)
     assert headers["x-postage-reason"] == "handler-failed"
     assert "cannot do 7" in headers["x-postage-error"]
+
+
+async def test_a_wrong_failed_tasks_setting_is_a_clear_error(
+        comm: rmq.RmqCommunicator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rmq.RmqTaskSubscriber, "failed_tasks", "drop")
+    with pytest.raises(postage.ConfigurationError, match="failed_tasks must be one of"):
+        await comm.add_task_subscriber(lambda _c, task: task)
+    queue = await comm.task_queue(f"{comm._task_queue}.pulled")
+    with pytest.raises(postage.ConfigurationError, match="failed_tasks must be one of"):
+        async with queue.next_task(timeout=1):
+            pass
 
 
 async def test_a_task_every_subscriber_rejects_is_not_retried_forever(

@@ -150,6 +150,8 @@ class YamlReplies:
             return None
         if isinstance(value, Cancelled):
             return self.body(wire.cancelled_response(value.message))
+        if isinstance(value, Failed):  # a task whose subscriber raised
+            return self.body(wire.exception_response(value.error))
         return self.body(wire.result_response(value))
 
     def error(self, message: IncomingMessage, exc: BaseException) -> bytes | None:
@@ -166,6 +168,15 @@ class YamlReplies:
     def pending_sender(self, core: Core, request: Delivery) -> Callable[[], Awaitable[None]]:
         """What :func:`settle` calls to tell the caller a result is still to come."""
         return functools.partial(self.send, core, request, wire.pending_response())
+
+
+class Failed:
+    """A task's outcome when its subscriber raised: the exception is its answer."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 class Cancelled:

@@ -4,9 +4,12 @@ A task is ``(task, no_reply)`` on the task exchange, routed to the queue of its 
 subscriber's result (or exception) is the response; a subscriber raising ``TaskRejected``
 passes the task to the next subscriber, and a task every subscriber rejects is sent back to
 the end of its queue for other processes, at most ``TASK_MAX_REJECTIONS`` times, then to
-``<queue>.dlq``. A task whose subscriber raised goes to ``<queue>.dlq`` with the reason in
-its headers, and its sender gets the exception (kiwiPy does not retry either). A task the
-broker redelivers because its consumer died is counted and dead-lettered like any other.
+``<queue>.dlq``. A task whose subscriber raised is answered with the exception, as in
+kiwiPy's protocol (its sender gets ``RemoteException``), logged and acked: the exception is
+its outcome, and it is not retried (kiwiPy does not retry either). With
+``RmqTaskSubscriber.failed_tasks = "dead-letter"`` it also goes to ``<queue>.dlq``. A task
+the broker redelivers because its consumer died is counted and dead-lettered like any
+other, and so is one that cannot be decoded.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from ..._wire import kiwipy as wire
 from .errors import DuplicateSubscriberIdentifier, InvalidStateError, QueueEmpty, TaskRejected
 from .messages import (
     Codec,
+    Failed,
     PublisherWithReplyQueue,
     YamlReplies,
     call_subscriber,
@@ -60,8 +64,13 @@ TASK_REQUEUED = "requeued"
 TASK_MAX_REJECTIONS = 10
 
 
+FAILED_TASKS = ("answer", "dead-letter")
+
+
 class SubscriberFailed(PostageError):
-    """A task subscriber raised (the task is dead-lettered, not retried)."""
+    """A task subscriber raised (the task is answered with it, not retried)."""
+
+
 
 
 class Adopted:
@@ -180,6 +189,15 @@ class RmqTaskPublisher(PublisherWithReplyQueue):
 class RmqTaskSubscriber:
     """Consumes one task queue: push subscribers, or pull with :meth:`next_task`."""
 
+    failed_tasks = "answer"
+    """What becomes of a task whose subscriber raised (for every task queue of the process
+    when set on this class). ``"answer"`` (kiwiPy's protocol): the exception is the task's
+    outcome; its sender gets it (unless it sent the task with ``no_reply``), it is logged
+    with its traceback, and the task is acked. So a long-running program whose tasks end
+    in an exception by design (a killed AiiDA process, say) keeps no queue of them.
+    ``"dead-letter"``: the task also goes to ``<queue>.dlq`` with the error in its headers,
+    for ``postage dlq``."""
+
     def __init__(self, connection: RmqCommunicator | Core,
                  exchange_name: str = wire.MESSAGE_EXCHANGE,
                  queue_name: str = wire.TASK_QUEUE, testing_mode: bool = False,
@@ -227,6 +245,7 @@ class RmqTaskSubscriber:
     async def add_task_subscriber(self, subscriber: Callable[..., Any],
                                   identifier: Any = None) -> Any:
         identifier = identifier or uuid.uuid4().hex
+        self._dead_letters_failures()  # a wrong setting fails here, not at the first failure
         if identifier in self._subscribers:
             raise DuplicateSubscriberIdentifier(f"Task identifier '{identifier}'")
         self._subscribers[identifier] = subscriber
@@ -267,8 +286,24 @@ class RmqTaskSubscriber:
                     raise
                 continue  # the subscriber cancelled its future: it declines the task
             except Exception as exc:
-                raise SubscriberFailed(f"{type(exc).__name__}: {exc}") from exc
+                failure = SubscriberFailed(f"{type(exc).__name__}: {exc}")
+                if self._dead_letters_failures():
+                    raise failure from exc
+                self._log_failure(exc)
+                return Failed(failure)
         raise TaskRejected("every task subscriber of this process rejected the task")
+
+    def _dead_letters_failures(self) -> bool:
+        if self.failed_tasks not in FAILED_TASKS:
+            raise ConfigurationError(
+                f"failed_tasks must be one of {', '.join(FAILED_TASKS)}: "
+                f"{self.failed_tasks!r}")
+        return self.failed_tasks == "dead-letter"
+
+    def _log_failure(self, exc: BaseException) -> None:
+        log.error("a subscriber of task queue %r raised; the exception is the task's "
+                  "answer (failed_tasks=%r)", self._queue, self.failed_tasks,
+                  exc_info=(type(exc), exc, exc.__traceback__))
 
     async def _decode(self, body: bytes) -> tuple[Any, bool]:
         """(task, no_reply) of a task body; DecodingError if it is not one."""
@@ -295,6 +330,7 @@ class RmqTaskSubscriber:
                         ) -> AsyncIterator[RmqIncomingTask | None]:
         """The next task of the queue (QueueEmpty if there is none, or None with
         ``fail=False``). Leaving the block without processing it puts it back."""
+        self._dead_letters_failures()  # a wrong setting fails here, not at the first failure
         await asyncio.sleep(0)  # let pending requeues run first
         task = await self._take(timeout)
         if task is None:
@@ -329,9 +365,13 @@ class RmqTaskSubscriber:
         try:
             value = outcome.result()
         except Exception as exc:
-            await self._core.move_to_dead_letters(
-                delivery, self._queue, f"{self._queue}.dlq", "handler-failed",
-                f"{type(exc).__name__}: {exc}")
+            if self._dead_letters_failures():
+                await self._core.move_to_dead_letters(
+                    delivery, self._queue, f"{self._queue}.dlq", "handler-failed",
+                    f"{type(exc).__name__}: {exc}")
+            else:
+                self._log_failure(exc)
+                await delivery.ack()
             response = wire.exception_response(exc)
         else:
             await delivery.ack()
