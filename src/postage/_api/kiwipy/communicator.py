@@ -24,7 +24,7 @@ from ..._exceptions import ConfigurationError, ConnectionClosed, ConnectionError
 from ..._settings import ConnectionSettings, redact_url
 from ..._wire import kiwipy as wire
 from ..._wire.properties import Properties
-from .errors import DuplicateSubscriberIdentifier, aio_pika_compatible
+from .errors import DuplicateSubscriberIdentifier, UnroutableError, aio_pika_compatible
 from .messages import (
     Cancelled,
     Codec,
@@ -75,6 +75,9 @@ class RmqSubscriber:
             arguments["x-expires"] = comm._queue_expires
         self._rpc_arguments = arguments
         self._rpc: dict[Any, tuple[str, Subscription]] = {}
+        # the subscribers themselves, apart: a removed one is let go at once, while its
+        # queue and consumer are retired in the background
+        self._rpc_subscribers: dict[Any, Callable[..., Any]] = {}
         self._retiring: set[asyncio.Task[None]] = set()  # removed subscribers finishing
         self._broadcast_subscribers: dict[Any, Callable[..., Any]] = {}
         self._broadcast_queue = f"broadcast-{uuid.uuid4().hex}"
@@ -103,10 +106,14 @@ class RmqSubscriber:
         codec = self._codec
 
         replies = YamlReplies(codec, host=False)
+        subscribers = self._rpc_subscribers
 
         async def handle(message: IncomingMessage) -> Any:
             msg = await codec.decode_off_loop(message.body, core.workers)
-            result = await call_subscriber(subscriber, (comm.callback_comm, msg), core,
+            current = subscribers.get(identifier)
+            if current is None:  # removed while this request waited: the caller is told
+                raise UnroutableError(f"the RPC subscriber '{identifier}' was removed")
+            result = await call_subscriber(current, (comm.callback_comm, msg), core,
                                            comm._in_threads)
             try:
                 return await settle(result, replies.pending_sender(core, message.delivery))
@@ -120,6 +127,7 @@ class RmqSubscriber:
         subscription = await core.consume(queue, handle, options)
         await core.bind(queue, self._exchange, f"{wire.RPC_TOPIC}.{identifier}")
         self._rpc[identifier] = (queue, subscription)
+        self._rpc_subscribers[identifier] = subscriber
         return identifier
 
     async def remove_rpc_subscriber(self, identifier: Any) -> None:
@@ -127,6 +135,7 @@ class RmqSubscriber:
             queue, subscription = self._rpc.pop(identifier)
         except KeyError:
             raise ValueError(f"Unknown subscriber '{identifier}'") from None
+        del self._rpc_subscribers[identifier]  # not kept until its queue is retired
         await self._core.unbind(queue, self._exchange, f"{wire.RPC_TOPIC}.{identifier}")
         # As kiwiPy, without waiting for its handlers still running: one of them may be
         # waiting for this very call (plumpy removes a process's subscriber when a kill
@@ -188,6 +197,7 @@ class RmqSubscriber:
         await asyncio.gather(*(s.cancel(timeout) for s in subscriptions),
                              return_exceptions=True)
         self._rpc.clear()
+        self._rpc_subscribers.clear()
         self._broadcast_consumer = None
 
 
