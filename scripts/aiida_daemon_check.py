@@ -87,7 +87,9 @@ def main() -> int:
     finally:
         verdi("daemon", "stop", check=False)
     took = time.monotonic() - started
-    dead = dead_letters(f"{profile.rmq_prefix}.process.queue.dlq")
+    from aiida.brokers.rabbitmq.utils import get_launch_queue_name
+
+    dead = dead_letters(f"{get_launch_queue_name(f'aiida-{profile.uuid}')}.dlq")
     finished = [n for n in nodes if n.is_finished_ok]
     results_right = all(n.outputs.result.value == n.inputs.x.value * 2 + 1 for n in finished)
     print(f"AiiDA daemon: {len(nodes)} work chains submitted, {len(finished)} finished ok, "
