@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -66,8 +67,7 @@ def _classic_exchange(queue: str) -> type[messaging.Exchange]:
 
 
 def _hup(url: str) -> dict[str, str]:
-    port = url.rsplit(":", 1)[1].split("/")[0]
-    return {"host": f"127.0.0.1:{port}", "user": "guest", "password": "guest"}
+    return {"host": f"127.0.0.1:{urlsplit(url).port}", "user": "guest", "password": "guest"}
 
 
 async def _consume_classic(url: str, queue: str, calls: Calls) -> Callable[[], Any]:
