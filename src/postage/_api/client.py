@@ -28,6 +28,7 @@ from typing import Any, TypeAlias
 
 from .._core.core import Core, HandlingOptions, RetryPolicy, Subscription, open_core
 from .._core.middleware import IncomingMessage
+from .._core.workers import is_async_callable
 from .._exceptions import (
     ConfigurationError,
     ConnectionClosed,
@@ -73,13 +74,6 @@ class _RawReplies:
 
 
 _RAW_REPLIES = _RawReplies()
-
-
-def _is_async(handler: Callable[..., Any]) -> bool:
-    if inspect.iscoroutinefunction(handler):
-        return True
-    call = getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
-    return call is not None and inspect.iscoroutinefunction(call)
 
 
 class Receiver:
@@ -229,7 +223,7 @@ class AsyncClient:
             )
         if exchange:
             await core.bind(queue_name, exchange, routing_key)
-        is_async = _is_async(handler)
+        is_async = is_async_callable(handler)
 
         async def run(message: IncomingMessage) -> Any:
             if is_async:

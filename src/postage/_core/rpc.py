@@ -33,7 +33,7 @@ log = logging.getLogger("postage.core")
 
 class _PendingCall:
     # Small on purpose (10,000 pending calls must stay under 20 MB): no timer handle
-    # per call, the core's one deadline heap expires them (see Core._sweep_deadlines).
+    # per call, the RPC client's one deadline heap expires them (RpcClient._sweep_deadlines).
     __slots__ = ("cid", "deadline", "exchange", "future", "on_reply", "pending",
                  "routing_key", "sent", "timeout", "transform")
 

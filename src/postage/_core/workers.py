@@ -10,11 +10,12 @@ leave after ``idle_timeout`` seconds without work.
 
 from __future__ import annotations
 
-__all__ = ["Withdrawn", "WorkerPool"]
+__all__ = ["Withdrawn", "WorkerPool", "is_async_callable"]
 
 import asyncio
 import collections
 import contextvars
+import inspect
 import itertools
 import threading
 from collections.abc import Callable
@@ -24,6 +25,15 @@ from .._transport.base import HANDLING
 
 T = TypeVar("T")
 _names = itertools.count(1)
+
+
+def is_async_callable(fn: Callable[..., Any]) -> bool:
+    """Does ``fn`` run on the event loop (an ``async def`` function, or an object whose
+    ``__call__`` is one)? Otherwise it is blocking user code, for a worker thread."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - an object with async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
 
 
 class WorkerPool:

@@ -29,12 +29,13 @@ import inspect
 import logging
 import signal
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from ..._core.core import Core, HandlingOptions, Subscription, open_core
 from ..._core.middleware import IncomingMessage
+from ..._core.workers import is_async_callable
 from ..._exceptions import (
     ConfigurationError,
     ConnectionClosed,
@@ -56,13 +57,6 @@ from .tasks import AsyncTaskQueue, EnvelopeReplies, Subscriber, find_subscriber
 log = logging.getLogger("postage.communicator")
 
 NO_DEADLINE = 10 * 365 * 86400.0  # what ``task_timeout=None`` stands for: ten years
-
-
-def _is_async(fn: Callable[..., Any]) -> bool:
-    if inspect.iscoroutinefunction(fn):
-        return True
-    call = getattr(fn, "__call__", None)  # noqa: B004 - an object with async __call__
-    return call is not None and inspect.iscoroutinefunction(call)
 
 
 class AsyncCommunicator:
@@ -400,7 +394,7 @@ class AsyncCommunicator:
     # -- shared helpers ---------------------------------------------------------------
 
     async def _invoke(self, fn: Subscriber, *args: Any) -> Any:
-        if _is_async(fn):
+        if is_async_callable(fn):
             result = await fn(*args)
         else:
             result = await self.core.run_sync(fn, *args)

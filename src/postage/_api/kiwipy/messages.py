@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..._core.middleware import IncomingMessage
+from ..._core.workers import is_async_callable
 from ..._exceptions import (
     DecodingError,
     EncodingError,
@@ -91,19 +92,13 @@ async def call_subscriber(subscriber: Callable[..., Any], args: tuple[Any, ...],
     thread with ``in_thread`` (a blocking communicator's), else on the loop (kiwiPy's
     asyncio communicator does so). A returned coroutine is awaited; a future is returned
     as it is (see :func:`settle`)."""
-    if in_thread and not _is_async(subscriber):
+    if in_thread and not is_async_callable(subscriber):
         result = await core.run_sync(subscriber, *args)
     else:
         result = subscriber(*args)
     if inspect.iscoroutine(result):
         result = await result
     return result
-
-
-def _is_async(fn: Callable[..., Any]) -> bool:
-    call = getattr(fn, "__call__", None)  # noqa: B004 - an object with async __call__
-    return inspect.iscoroutinefunction(fn) or (
-        call is not None and inspect.iscoroutinefunction(call))
 
 
 async def settle(result: Any, pending: Callable[[], Awaitable[None]] | None) -> Any:
