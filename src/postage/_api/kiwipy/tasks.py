@@ -62,15 +62,11 @@ TASK_FINISHED = "finished"
 TASK_PROCESSING = "processing"
 TASK_REQUEUED = "requeued"
 TASK_MAX_REJECTIONS = 10
-
-
-FAILED_TASKS = ("answer", "dead-letter")
+FAILED_TASKS = ("answer", "dead-letter")  # what RmqTaskSubscriber.failed_tasks may be
 
 
 class SubscriberFailed(PostageError):
     """A task subscriber raised (the task is answered with it, not retried)."""
-
-
 
 
 class Adopted:

@@ -29,17 +29,14 @@ class ClientWaits:
     def leave(self, task: asyncio.Task[Any]) -> None:
         self._waiting.pop(task, None)
 
-    def interrupt(self, lost_connection: Any) -> int:
-        """Cancel the waits on a channel of ``lost_connection`` or on a closed channel;
-        return how many. Each cancelled task is told by :meth:`interrupted`."""
-        count = 0
+    def interrupt(self, lost_connection: Any) -> None:
+        """Cancel the waits on a channel of ``lost_connection`` or on a closed channel.
+        Each cancelled task is told by :meth:`interrupted`."""
         for task, channel in list(self._waiting.items()):
             stuck = channel.is_closed or getattr(channel, "connection", None) is lost_connection
             if stuck and not task.done() and task not in self._interrupted:
                 self._interrupted.add(task)
                 task.cancel()
-                count += 1
-        return count
 
     def interrupted(self, task: asyncio.Task[Any]) -> bool:
         """After a CancelledError in ``task``: True if :meth:`interrupt` caused it (the
